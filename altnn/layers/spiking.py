@@ -1,0 +1,236 @@
+"""Layers for spiking networks that process all T time steps of a batch at once.
+
+A feed-forward spiking network can run layer by layer instead of step by step: each
+stateless layer (convolution, BatchNorm, pooling, linear) takes all T steps as one
+batch of T*B samples, and only the neurons loop over T. The pieces here keep that
+fast path equal to a per-step loop:
+
+- `StepBatchNorm2d`: BatchNorm with per-step batch statistics for (T, B, C, H, W)
+  inputs, and for an input that repeats at every step.
+- `spike_adder2d` and `SpikeAdder2d`: an adder layer for binary (spike) inputs,
+  computed as a convolution.
+- `run_leaky`: a snnTorch `Leaky` neuron run over precomputed input currents.
+"""
+
+import snntorch as snn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from altnn.layers.adder import Adder2d, adder_weight_grad
+
+# ---------------------------------------------------------------------------
+# BatchNorm over time steps.
+# ---------------------------------------------------------------------------
+
+
+class StepBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that also normalizes T time steps at once as T separate calls would.
+
+    `forward` on (B, C, H, W) is plain `nn.BatchNorm2d`, which is what a per-step loop
+    calls. `forward_steps` and `forward_repeated` give the same outputs, gradients and
+    running statistics as calling `forward` once per step.
+    """
+
+    def forward_steps(self, x: Tensor) -> Tensor:
+        """Normalize (T, B, C, H, W) with separate batch statistics for each step.
+
+        In training mode, and whenever running statistics are not tracked, this runs
+        the native BatchNorm kernel once per step on the contiguous slice x[t]. That is
+        the per-step computation itself, so the running statistics receive T
+        sequential updates, exactly as in a per-step loop. In eval mode with running
+        statistics every sample is normalized independently, so one call covers all
+        steps.
+        """
+        if x.dim() != 5:
+            raise ValueError(f"forward_steps expects a 5-D input (T, B, C, H, W), got shape {tuple(x.shape)}")
+        uses_batch_stats = self.training or self.running_mean is None
+        if not uses_batch_stats:
+            return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        normalize_step = super().forward
+        return torch.stack([normalize_step(step) for step in x.unbind(0)])
+
+    def forward_repeated(self, x: Tensor, steps: int) -> Tensor:
+        """Normalize (B, C, H, W) that a per-step loop would feed `steps` times.
+
+        Each of those calls sees the same batch statistics and returns the same output,
+        so the input is normalized once. In training mode the running statistics
+        then get the result of `steps` sequential updates with the same batch mean mu
+        and unbiased variance in one update with an effective momentum M:
+
+        - momentum m: r_T = (1-m)^T r_0 + (1 - (1-m)^T) mu, so M = 1 - (1-m)^T;
+        - momentum None (cumulative average over n_0 earlier batches):
+          r_T = (n_0 r_0 + T mu) / (n_0 + T), so M = T / (n_0 + T).
+
+        The running statistics differ from T sequential updates by float32 rounding
+        only, and `num_batches_tracked` grows by `steps`.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if not (self.training and self.track_running_stats):
+            return super().forward(x)
+        self._check_input_dim(x)
+
+        assert self.num_batches_tracked is not None
+        batches_before = int(self.num_batches_tracked)
+        self.num_batches_tracked.add_(steps)
+        if self.momentum is None:
+            momentum = steps / (batches_before + steps)
+        else:
+            momentum = 1.0 - (1.0 - self.momentum) ** steps
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=True, momentum=momentum, eps=self.eps)
+
+
+# ---------------------------------------------------------------------------
+# Adder layer fed by spikes.
+# ---------------------------------------------------------------------------
+
+
+def spike_adder_forward(spikes: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    """Compute the adder output -sum |s - W| for binary s with one convolution.
+
+    For s in {0, 1}, |s - w| = |w| + s (|1 - w| - |w|), so
+    -sum |s - W| = conv2d(s, |W| - |1 - W|) - sum |W| per filter. Zero padding is
+    binary too, so the identity also holds at padded positions.
+    """
+    conv_weight = weight.abs() - (1.0 - weight).abs()
+    bias = -weight.abs().sum(dim=(1, 2, 3))
+    return F.conv2d(spikes, conv_weight, bias, stride=stride, padding=padding)
+
+
+def spike_adder_input_grad(spikes: Tensor, weight: Tensor, grad_out: Tensor, stride: int,
+                           padding: int) -> Tensor:
+    """Compute AdderNet's clipped input gradient sum_o G * clamp(W - s, -1, 1) for binary s.
+
+    For s in {0, 1}, clamp(w - s, -1, 1) = c0 + s (c1 - c0) with c0 = clamp(w, -1, 1)
+    and c1 = clamp(w - 1, -1, 1). Every unfolded entry that folds back onto an input
+    position carries that position's value s, so s factors out of the fold:
+    grad_s = conv_transpose(G, c0) + s * conv_transpose(G, c1 - c0). One transposed
+    convolution computes both terms with the two weights stacked along input channels.
+    """
+    clipped_at_zero = weight.clamp(-1.0, 1.0)
+    clipped_at_one = (weight - 1.0).clamp(-1.0, 1.0)
+    stacked = torch.cat([clipped_at_zero, clipped_at_one - clipped_at_zero], dim=1)
+    batch, channels, height, width = spikes.shape
+    both = torch.nn.grad.conv2d_input((batch, 2 * channels, height, width), stacked, grad_out,
+                                      stride=stride, padding=padding)
+    base, spike_term = both.split(channels, dim=1)
+    return base + spikes * spike_term
+
+
+class _SpikeAdder2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spikes: Tensor, weight: Tensor, stride: int, padding: int,
+                eta: float | None) -> Tensor:
+        ctx.save_for_backward(spikes, weight)
+        ctx.stride = stride
+        ctx.padding = padding
+        ctx.eta = eta
+        return spike_adder_forward(spikes, weight, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        spikes, weight = ctx.saved_tensors
+        grad_spikes = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_spikes = spike_adder_input_grad(spikes, weight, grad_out, ctx.stride, ctx.padding)
+        if ctx.needs_input_grad[1]:
+            # Padded positions are s = 0 in both terms of sum G * (s - W): the convolution
+            # weight gradient skips them and W * sum(G) counts every output position.
+            grad_weight = adder_weight_grad(spikes, weight, grad_out, ctx.stride, ctx.padding, ctx.eta)
+        return grad_spikes, grad_weight, None, None, None
+
+
+def spike_adder2d(spikes: Tensor, weight: Tensor, stride: int = 1, padding: int = 0,
+                  eta: float | None = 0.2) -> Tensor:
+    """Apply an adder layer to binary inputs, with AdderNet's backward rules.
+
+    The forward pass equals `altnn.layers.adder.adder2d` on inputs that are all 0 or 1
+    (see `spike_adder_forward`). Like `adder2d`, the backward pass is NOT the exact
+    gradient of the forward pass; it applies the rules of AdderNet (Chen et al., CVPR
+    2020) to the same inputs:
+
+    - grad_W = sum G * (s - W), the full-precision gradient in place of sign(s - W),
+      then rescaled to the norm eta * sqrt(W.numel()) unless `eta` is None;
+    - grad_s = sum_o G * clamp(W - s, -1, 1), the HardTanh-clipped gradient in place
+      of sign(W - s) (see `spike_adder_input_grad`).
+
+    `spikes` is (N, C_in, H, W) and must contain only 0 and 1: other values give a wrong
+    result without an error, because checking would cost a pass over the input (and a
+    host synchronisation on CUDA). `weight` is (C_out, C_in, k, k).
+    """
+    if spikes.dim() != 4:
+        raise ValueError(f"spike_adder2d expects a 4-D input (N, C, H, W), got shape {tuple(spikes.shape)}")
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(
+            f"spike_adder2d expects a square 4-D weight (C_out, C_in, k, k), got shape {tuple(weight.shape)}")
+    if spikes.shape[1] != weight.shape[1]:
+        raise ValueError(f"input has {spikes.shape[1]} channels but the weight expects {weight.shape[1]}")
+    return _SpikeAdder2dFunction.apply(spikes, weight, stride, padding, eta)
+
+
+class SpikeAdder2d(Adder2d):
+    """`Adder2d` for binary inputs, computed as a convolution by `spike_adder2d`.
+
+    Parameters, initialisation, `eta` and the state dict are those of `Adder2d`, so the
+    general layer's forward (`Adder2d.forward(layer, x)`) gives the same output on
+    spikes.
+    """
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        return spike_adder2d(spikes, self.weight, self.stride, self.padding, self.eta)
+
+
+# ---------------------------------------------------------------------------
+# Leaky neurons over precomputed currents.
+# ---------------------------------------------------------------------------
+
+
+def run_leaky(neuron: snn.Leaky, currents: Tensor, steps: int | None = None,
+              record_membrane: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Run a snnTorch Leaky neuron from a zero membrane over T steps of input current.
+
+    `currents` is (T, B, ...) with one current per step, or, when `steps` is given,
+    one (B, ...) current that enters at each of the `steps` steps. The membrane is
+    passed in and out of every call (`spk, mem = neuron(cur, mem)`), so no state
+    carries over between calls of this function.
+
+    Returns the spikes (T, B, ...) and, if `record_membrane`, the membrane potential
+    after each step (T, B, ...), else None. snnTorch's Leaky (1.0.0) applies a reset
+    at the step after the spike, so a recorded membrane can exceed the threshold.
+    """
+    if neuron.init_hidden:
+        raise ValueError("run_leaky needs a Leaky neuron built with init_hidden=False")
+    if steps is None:
+        step_currents = currents.unbind(0)
+    else:
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        step_currents = (currents,) * steps
+
+    membrane = torch.zeros_like(step_currents[0])
+    spikes: list[Tensor] = []
+    membranes: list[Tensor] = []
+    for current in step_currents:
+        spike, membrane = neuron(current, membrane)
+        spikes.append(spike)
+        if record_membrane:
+            membranes.append(membrane)
+    return torch.stack(spikes), torch.stack(membranes) if record_membrane else None
+
+
+def spike_rate(spikes: Tensor) -> Tensor:
+    """Return the detached mean number of spikes per neuron per step."""
+    return spikes.detach().float().mean()
+
+
+__all__ = [
+    "SpikeAdder2d",
+    "StepBatchNorm2d",
+    "run_leaky",
+    "spike_adder2d",
+    "spike_adder_forward",
+    "spike_adder_input_grad",
+    "spike_rate",
+]

@@ -1,0 +1,501 @@
+"""Tests of the spiking layers and models: the fast path against a per-step snnTorch loop."""
+
+import copy
+import math
+
+import pytest
+import snntorch as snn
+import torch
+import torch.nn.functional as F
+from snntorch import surrogate
+
+from altnn.config import ModelConfig
+from altnn.layers.adder import Adder2d, adder2d
+from altnn.layers.spiking import SpikeAdder2d, StepBatchNorm2d, run_leaky, spike_adder2d
+from altnn.models import build_model
+from altnn.models.common import ModelOutput
+from altnn.models.snn import SPIKING_LAYERS, SNNAdder, predict_classes
+from tests.reference_snn import per_step_forward
+
+VARIANTS = ("snn", "snn_adder")
+
+
+def make_model(variant: str, steps: int, seed: int = 0, **options) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(variant=variant, steps=steps, **options))
+
+
+def make_images(batch: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 1, 28, 28, generator=generator)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol: float = 1e-4) -> None:
+    """Compare with a tolerance relative to the largest expected magnitude."""
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-6),
+                               msg=lambda message: f"{what}: {message}")
+
+
+# ---------------------------------------------------------------------------
+# Spike-fed adder against the general adder.
+# ---------------------------------------------------------------------------
+
+
+def reference_adder_forward(x, weight, stride, padding):
+    """Compute -sum |X - W| over each window with a plain unfold."""
+    batch, _, height, width = x.shape
+    out_channels, _, kernel, _ = weight.shape
+    out_height = (height + 2 * padding - kernel) // stride + 1
+    out_width = (width + 2 * padding - kernel) // stride + 1
+    columns = F.unfold(x, kernel, padding=padding, stride=stride)  # (N, K, L)
+    distance = (columns[:, None] - weight.reshape(out_channels, -1)[None, :, :, None]).abs().sum(2)
+    return -distance.reshape(batch, out_channels, out_height, out_width)
+
+
+def reference_adder_grads(x, weight, grad_out, stride, padding, eta):
+    """Compute AdderNet's input and weight gradients with a plain unfold and fold."""
+    out_channels, _, kernel, _ = weight.shape
+    columns = F.unfold(x, kernel, padding=padding, stride=stride)  # (N, K, L)
+    weight_columns = weight.reshape(out_channels, -1)[None, :, :, None]  # (1, O, K, 1)
+    grad_columns = grad_out.reshape(grad_out.shape[0], out_channels, 1, -1)  # (N, O, 1, L)
+
+    grad_weight = (grad_columns * (columns[:, None] - weight_columns)).sum(dim=(0, 3)).reshape(weight.shape)
+    if eta is not None:
+        grad_weight = grad_weight * (eta * math.sqrt(weight.numel()) / grad_weight.norm())
+
+    clipped = (weight_columns - columns[:, None]).clamp(-1.0, 1.0)
+    grad_x_columns = (grad_columns * clipped).sum(1)
+    grad_x = F.fold(grad_x_columns, x.shape[2:], kernel, padding=padding, stride=stride)
+    return grad_x, grad_weight
+
+
+ADDER_CASES = [(stride, padding, eta) for stride in (1, 2) for padding in (0, 1) for eta in (None, 0.2)]
+
+
+@pytest.mark.parametrize(("stride", "padding", "eta"), ADDER_CASES)
+def test_spike_adder_matches_general_adder(stride, padding, eta):
+    generator = torch.Generator().manual_seed(stride * 10 + padding)
+    spikes = (torch.rand(3, 4, 9, 9, generator=generator) < 0.4).float()
+    # Weights spread over [-2, 3] so that clamp(W - s, -1, 1) takes all its branches.
+    weight = torch.rand(5, 4, 3, 3, generator=generator) * 5 - 2
+    expected = reference_adder_forward(spikes, weight, stride, padding)
+    grad_out = torch.randn(expected.shape, generator=generator)
+    expected_grad_x, expected_grad_weight = reference_adder_grads(spikes, weight, grad_out, stride, padding, eta)
+
+    results = {}
+    for name, function in (("spike_adder2d", spike_adder2d), ("adder2d", adder2d)):
+        x = spikes.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        output = function(x, w, stride, padding, eta)
+        output.backward(grad_out)
+        results[name] = (output.detach(), x.grad, w.grad)
+
+    for name, (output, grad_x, grad_weight) in results.items():
+        assert_close(output, expected, f"{name} forward")
+        assert_close(grad_x, expected_grad_x, f"{name} input gradient")
+        assert_close(grad_weight, expected_grad_weight, f"{name} weight gradient")
+
+
+def test_spike_adder_input_grad_depends_on_spikes():
+    # clamp(W - s, -1, 1) differs between s = 0 and s = 1 for W = 0.5, so a
+    # gradient that ignored the spike values would fail this check.
+    weight = torch.full((1, 1, 1, 1), 0.5)
+    spikes = torch.tensor([[[[0.0, 1.0]]]], requires_grad=True)
+    spike_adder2d(spikes, weight, eta=None).sum().backward()
+    torch.testing.assert_close(spikes.grad, torch.tensor([[[[0.5, -0.5]]]]))
+
+
+def test_spike_adder_module_matches_adder2d():
+    torch.manual_seed(0)
+    general = Adder2d(3, 6, 3, padding=1, eta=0.2)
+    torch.manual_seed(0)
+    spiking = SpikeAdder2d(3, 6, 3, padding=1, eta=0.2)
+    assert torch.equal(spiking.weight, general.weight)
+    assert spiking.state_dict().keys() == general.state_dict().keys()
+
+    spikes = (torch.rand(2, 3, 7, 7) < 0.5).float()
+    assert_close(spiking(spikes), general(spikes), "SpikeAdder2d forward")
+
+
+def test_spike_adder_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="4-D input"):
+        spike_adder2d(torch.zeros(3, 9, 9), torch.zeros(5, 3, 3, 3))
+    with pytest.raises(ValueError, match="channels"):
+        spike_adder2d(torch.zeros(1, 2, 9, 9), torch.zeros(5, 3, 3, 3))
+
+
+# ---------------------------------------------------------------------------
+# BatchNorm over time steps.
+# ---------------------------------------------------------------------------
+
+
+def make_norm(momentum: float | None = 0.1) -> StepBatchNorm2d:
+    norm = StepBatchNorm2d(3, momentum=momentum)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    norm.num_batches_tracked.fill_(2)
+    return norm
+
+
+def assert_same_norm_state(actual: StepBatchNorm2d, expected: StepBatchNorm2d) -> None:
+    assert_close(actual.running_mean, expected.running_mean, "running_mean", rtol=1e-5)
+    assert_close(actual.running_var, expected.running_var, "running_var", rtol=1e-5)
+    assert int(actual.num_batches_tracked) == int(expected.num_batches_tracked)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_step_batch_norm_matches_per_step_calls(momentum):
+    torch.manual_seed(0)
+    fast = make_norm(momentum)
+    loop = copy.deepcopy(fast)
+    # Each step gets its own mean and scale, so shared statistics would fail.
+    inputs = torch.randn(4, 5, 3, 6, 6) * torch.arange(1, 5).view(4, 1, 1, 1, 1) + torch.arange(4).view(4, 1, 1, 1, 1)
+    grad_out = torch.randn(inputs.shape)
+
+    x_fast = inputs.clone().requires_grad_()
+    fast.forward_steps(x_fast).backward(grad_out)
+    x_loop = inputs.clone().requires_grad_()
+    torch.stack([loop(step) for step in x_loop.unbind(0)]).backward(grad_out)
+
+    assert_close(x_fast.grad, x_loop.grad, "input gradient")
+    assert_close(fast.weight.grad, loop.weight.grad, "weight gradient")
+    assert_close(fast.bias.grad, loop.bias.grad, "bias gradient")
+    assert_same_norm_state(fast, loop)
+
+
+def test_step_batch_norm_eval_uses_running_stats():
+    fast = make_norm().eval()
+    inputs = torch.randn(4, 5, 3, 6, 6)
+    expected = torch.stack([fast(step) for step in inputs.unbind(0)])
+    assert_close(fast.forward_steps(inputs), expected, "eval output")
+    assert int(fast.num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("steps", [1, 3, 7])
+def test_step_batch_norm_repeated_input(momentum, steps):
+    torch.manual_seed(0)
+    fast = make_norm(momentum)
+    loop = copy.deepcopy(fast)
+    inputs = torch.randn(5, 3, 6, 6) * 2 + 1
+
+    output = fast.forward_repeated(inputs, steps)
+    expected = [loop(inputs) for _ in range(steps)]
+
+    for step_output in expected:
+        assert_close(output, step_output, "output")
+    assert_same_norm_state(fast, loop)
+
+
+def test_step_batch_norm_repeated_input_eval_keeps_stats():
+    fast = make_norm().eval()
+    before = fast.running_mean.clone()
+    inputs = torch.randn(5, 3, 6, 6)
+    assert_close(fast.forward_repeated(inputs, 4), fast(inputs), "eval output")
+    assert torch.equal(fast.running_mean, before)
+    assert int(fast.num_batches_tracked) == 2
+
+
+# ---------------------------------------------------------------------------
+# Leaky neurons over precomputed currents.
+# ---------------------------------------------------------------------------
+
+
+def make_leaky() -> snn.Leaky:
+    return snn.Leaky(beta=0.8, learn_beta=True, threshold=1.0, learn_threshold=True,
+                     spike_grad=surrogate.fast_sigmoid(slope=25))
+
+
+def test_run_leaky_matches_manual_loop():
+    torch.manual_seed(0)
+    neuron = make_leaky()
+    currents = torch.rand(6, 4, 7) * 1.5
+    spikes, membranes = run_leaky(neuron, currents, record_membrane=True)
+
+    membrane = torch.zeros(4, 7)
+    for step in range(6):
+        expected_spikes, membrane = neuron(currents[step], membrane)
+        assert torch.equal(spikes[step], expected_spikes), f"spikes differ at step {step}"
+        assert torch.equal(membranes[step], membrane), f"membrane differs at step {step}"
+    assert spikes.sum() > 0, "the test currents should make the neuron spike"
+    assert (spikes == 0).any(), "the test currents should leave some neurons silent"
+
+
+def test_run_leaky_static_current_equals_repeated():
+    neuron = make_leaky()
+    current = torch.rand(4, 7) * 1.5
+    static_spikes, _ = run_leaky(neuron, current, steps=5)
+    repeated_spikes, _ = run_leaky(neuron, current.expand(5, 4, 7))
+    assert torch.equal(static_spikes, repeated_spikes)
+
+
+def test_run_leaky_starts_from_zero_membrane():
+    neuron = make_leaky()
+    run_leaky(neuron, torch.full((3, 2, 5), 5.0))
+    # The call above leaves a charged membrane inside the snnTorch module; it must
+    # not leak into the next call.
+    spikes, membranes = run_leaky(neuron, torch.zeros(3, 2, 5), record_membrane=True)
+    assert spikes.sum() == 0
+    assert torch.equal(membranes, torch.zeros(3, 2, 5))
+
+
+# ---------------------------------------------------------------------------
+# Models: shapes, gradients, configuration.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_model_shapes_and_gradients(variant, steps):
+    model = make_model(variant, steps)
+    assert model.steps == steps
+    output = model(make_images(3))
+
+    assert isinstance(output, ModelOutput)
+    assert output.logits.shape == (3, 10)
+    assert output.tie_scores is not None and output.tie_scores.shape == (3, 10)
+    assert torch.isfinite(output.logits).all()
+    assert torch.isfinite(output.tie_scores).all()
+    assert set(output.spike_rates) == set(SPIKING_LAYERS)
+    for name, rate in output.spike_rates.items():
+        assert rate.dim() == 0 and not rate.requires_grad, name
+        assert 0.0 <= rate.item() <= 1.0, name
+    assert output.logits.min() >= 0 and output.logits.max() <= steps, "spike counts lie in [0, T]"
+
+    F.cross_entropy(output.logits, torch.tensor([0, 1, 2])).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+    nonzero = [name for name, parameter in model.named_parameters() if parameter.grad.abs().sum() > 0]
+    assert "block1.layer.weight" in nonzero
+    assert "block2.layer.weight" in nonzero
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_membrane_readout(variant):
+    model = make_model(variant, 3, readout="membrane")
+    output = model(make_images(2))
+    assert output.logits.shape == (2, 10)
+    assert output.tie_scores is None
+    F.cross_entropy(output.logits, torch.tensor([3, 4])).backward()
+    assert model.linear1.weight.grad is not None
+
+
+def test_model_rejects_bad_config():
+    with pytest.raises(ValueError, match="steps"):
+        build_model(ModelConfig(variant="snn"))
+    with pytest.raises(ValueError, match="head_activation"):
+        build_model(ModelConfig(variant="snn", steps=2, head_activation="relu"))
+    with pytest.raises(ValueError, match="readout"):
+        build_model(ModelConfig(variant="snn_adder", steps=2, readout="voltage"))
+
+
+def test_snn_adder_layers():
+    model = make_model("snn_adder", 2, eta=0.5)
+    assert isinstance(model, SNNAdder)
+    assert type(model.block1.layer) is Adder2d
+    assert isinstance(model.block2.layer, SpikeAdder2d)
+    assert model.block2.layer.weight.shape == (64, 32, 3, 3)
+    assert model.block1.layer.eta == 0.5
+    assert model.block2.layer.eta == 0.5
+
+
+# ---------------------------------------------------------------------------
+# Fast path against the per-step snnTorch loop.
+# ---------------------------------------------------------------------------
+
+
+def run_and_backward(forward, model, images, labels):
+    model.zero_grad(set_to_none=True)
+    output = forward(model, images)
+    F.cross_entropy(output.logits, labels).backward()
+    grads = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    return output, grads
+
+
+def fast_forward(model, images):
+    return model(images)
+
+
+def assert_same_outputs(fast: ModelOutput, loop: ModelOutput) -> None:
+    assert_close(fast.logits, loop.logits, "logits")
+    if loop.tie_scores is None:
+        assert fast.tie_scores is None
+    else:
+        assert_close(fast.tie_scores, loop.tie_scores, "tie_scores")
+    assert fast.spike_rates.keys() == loop.spike_rates.keys()
+    for name in loop.spike_rates:
+        assert_close(fast.spike_rates[name], loop.spike_rates[name], f"spike rate of {name}")
+
+
+# At the default threshold 1.0 the untrained output layer stays silent, so the spike
+# counts would be zeros in both paths; threshold 0.5 makes every layer spike.
+SPIKING_OPTIONS = {"dropout": 0.0, "threshold": 0.5}
+
+EQUALITY_CASES = [(variant, steps, readout, mode)
+                  for variant in VARIANTS for steps in (1, 4) for readout in ("spike_count", "membrane")
+                  for mode in ("train", "eval")]
+
+
+@pytest.mark.parametrize(("variant", "steps", "readout", "mode"), EQUALITY_CASES)
+def test_fast_path_matches_per_step_loop(variant, steps, readout, mode):
+    # eta=None: the adaptive rescaling of adder gradients applies once per call, so a
+    # loop that calls the adder T times rescales differently (see the next test).
+    fast = make_model(variant, steps, eta=None, readout=readout, **SPIKING_OPTIONS)
+    fast.train(mode == "train")
+    loop = copy.deepcopy(fast)
+    images = make_images(6)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+
+    fast_output, fast_grads = run_and_backward(fast_forward, fast, images, labels)
+    loop_output, loop_grads = run_and_backward(per_step_forward, loop, images, labels)
+
+    assert_same_outputs(fast_output, loop_output)
+    for name, expected in loop_grads.items():
+        assert_close(fast_grads[name], expected, f"gradient of {name}", rtol=1e-3)
+    for name, expected in loop.state_dict().items():
+        if "running" in name or "num_batches_tracked" in name:
+            assert_close(fast.state_dict()[name].float(), expected.float(), name, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_spikes_in_every_layer(variant):
+    # The equality test above only means something if every layer spikes for its inputs.
+    model = make_model(variant, 4, eta=None, **SPIKING_OPTIONS)
+    output = model(make_images(6))
+    for name in SPIKING_LAYERS:
+        assert output.spike_rates[name] > 0, f"{name} is silent"
+        assert output.spike_rates[name] < 1, f"{name} spikes everywhere"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_running_stats_change(variant):
+    model = make_model(variant, 3, dropout=0.0)
+    before = {name: value.clone() for name, value in model.state_dict().items() if "running" in name}
+    model(make_images(4))
+    for name, value in before.items():
+        assert not torch.equal(model.state_dict()[name], value), f"{name} was not updated"
+    assert int(model.block1.norm.num_batches_tracked) == 3
+    assert int(model.block2.norm.num_batches_tracked) == 3
+
+
+def test_adder_gradients_rescaled_once_per_pass():
+    # With eta set, the fast path rescales each adder layer's weight gradient once over
+    # all steps: it equals the rescaled sum of the loop's unscaled per-step gradients.
+    eta = 0.2
+    fast = make_model("snn_adder", 3, eta=eta, **SPIKING_OPTIONS)
+    loop = copy.deepcopy(fast)
+    for layer in (loop.block1.layer, loop.block2.layer):
+        layer.eta = None
+    images = make_images(4)
+    labels = torch.tensor([0, 1, 2, 3])
+
+    _, fast_grads = run_and_backward(fast_forward, fast, images, labels)
+    _, loop_grads = run_and_backward(per_step_forward, loop, images, labels)
+
+    for name in ("block1.layer.weight", "block2.layer.weight"):
+        unscaled = loop_grads[name]
+        expected = unscaled * (eta * math.sqrt(unscaled.numel()) / unscaled.norm())
+        assert_close(fast_grads[name], expected, f"gradient of {name}", rtol=1e-3)
+
+
+def test_dropout_draws_a_mask_per_step():
+    steps, batch = 4, 3
+    model = make_model("snn", steps, dropout=0.5).train()
+    captured = {}
+    model.dropout.register_forward_hook(lambda module, inputs, output: captured.update(output=output))
+    model(make_images(batch))
+
+    kept = (captured["output"] != 0).reshape(steps, batch, -1)
+    for step in range(1, steps):
+        assert not torch.equal(kept[step], kept[0]), f"step {step} reused the mask of step 0"
+    assert 0.4 < kept.float().mean().item() < 0.6
+
+
+# ---------------------------------------------------------------------------
+# State isolation.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_same_batch_twice_gives_same_output(variant):
+    model = make_model(variant, 3, dropout=0.0)
+    images = make_images(4)
+    first = model(images)
+    second = model(images)
+    assert torch.equal(first.logits, second.logits)
+    assert torch.equal(first.tie_scores, second.tie_scores)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_interleaved_networks_are_independent(variant):
+    first_model = make_model(variant, 3, seed=0).eval()
+    second_model = make_model(variant, 3, seed=1).eval()
+    first_images = make_images(4, seed=2)
+    second_images = make_images(3, seed=3)
+
+    with torch.no_grad():
+        first_alone = first_model(first_images)
+        second_alone = second_model(second_images)
+        outputs = [first_model(first_images), second_model(second_images),
+                   first_model(first_images), second_model(second_images)]
+
+    assert not torch.equal(first_alone.tie_scores[:3], second_alone.tie_scores)
+    for index, output in enumerate(outputs):
+        expected = first_alone if index % 2 == 0 else second_alone
+        assert torch.equal(output.logits, expected.logits), f"call {index} logits"
+        assert torch.equal(output.tie_scores, expected.tie_scores), f"call {index} tie_scores"
+
+
+# ---------------------------------------------------------------------------
+# Tie breaking.
+# ---------------------------------------------------------------------------
+
+
+def test_predict_classes_breaks_ties_with_tie_scores():
+    logits = torch.tensor([[3.0, 3.0, 1.0], [0.0, 2.0, 2.0], [1.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+    tie_scores = torch.tensor([[0.1, 0.5, 9.0], [7.0, -1.0, -2.0], [-5.0, 4.0, 4.0], [1.0, 1.0, 0.0]])
+    predicted = predict_classes(ModelOutput(logits=logits, tie_scores=tie_scores))
+    # Row 0: class 2 has the largest tie score but not the top count, so class 1 wins.
+    # Row 1: among the tied classes 1 and 2, class 1 has the larger score.
+    # Row 2: no tie, the count decides. Row 3: a tie in both goes to the lower index.
+    assert predicted.tolist() == [1, 1, 0, 0]
+
+
+def test_predict_classes_without_tie_scores_uses_argmax():
+    logits = torch.tensor([[0.2, 0.9, 0.1]])
+    assert predict_classes(ModelOutput(logits=logits)).tolist() == [1]
+
+
+def record_output_membranes(model) -> list[torch.Tensor]:
+    """Make lif5 append its membrane after each step to the returned list."""
+    membranes = []
+    neuron_forward = model.lif5.forward
+
+    def recording_forward(current, membrane):
+        spikes, membrane = neuron_forward(current, membrane)
+        membranes.append(membrane.detach())
+        return spikes, membrane
+
+    model.lif5.forward = recording_forward
+    return membranes
+
+
+def test_tie_scores_are_summed_output_membrane():
+    model = make_model("snn", 4, dropout=0.0)
+    membranes = record_output_membranes(model)
+    output = model(make_images(3))
+    assert len(membranes) == 4
+    assert_close(output.tie_scores, torch.stack(membranes).sum(0), "tie_scores")
+
+
+def test_membrane_readout_is_mean_output_membrane():
+    model = make_model("snn", 4, dropout=0.0, readout="membrane")
+    membranes = record_output_membranes(model)
+    output = model(make_images(3))
+    assert len(membranes) == 4
+    assert_close(output.logits.detach(), torch.stack(membranes).mean(0), "logits")

@@ -1,0 +1,152 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from altnn.config import RunConfig, TrainConfig, VariantConfig
+from altnn.data import DataConfig
+from altnn.experiment import RunPaths, train_run
+from altnn.tracking import Tracker
+from altnn.training import Trainer, augment
+
+CPU = torch.device("cpu")
+
+
+def make_run(epochs=2, **recipe) -> RunConfig:
+    defaults = dict(optimizer="adamw", lr=2e-3, schedule="onecycle", augment=("flip", "crop", "erase"),
+                    label_smoothing=0.1, head_activation="relu")
+    defaults.update(recipe)
+    return RunConfig("convnet", None, 0, VariantConfig(**defaults),
+                     TrainConfig(epochs=epochs, batch_size=64, eval_batch_size=256),
+                     DataConfig(train_subset=512, test_subset=200))
+
+
+@pytest.fixture()
+def tracker_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    return tmp_path / "store"
+
+
+def run_paths(tmp_path, run):
+    return RunPaths.for_run(run, tmp_path / "models", tmp_path / "history", tmp_path / "resume")
+
+
+def test_augment_keeps_shape_and_is_seeded():
+    images = torch.randn(16, 1, 28, 28)
+    first = augment(images, ("flip", "crop", "erase"), -1.0, torch.Generator().manual_seed(3))
+    again = augment(images, ("flip", "crop", "erase"), -1.0, torch.Generator().manual_seed(3))
+    assert first.shape == images.shape
+    assert torch.equal(first, again)
+    assert not torch.equal(first, images)
+
+
+def test_crop_shift_fills_with_background():
+    images = torch.ones(64, 1, 28, 28)
+    shifted = augment(images, ("crop",), -1.0, torch.Generator().manual_seed(0))
+    assert set(shifted.unique().tolist()) == {-1.0, 1.0}
+    assert (shifted == 1).sum(dim=(1, 2, 3)).min() >= 26 * 26
+
+
+def test_resumed_training_equals_uninterrupted(tiny_data):
+    straight = Trainer(make_run(), tiny_data, CPU)
+    straight.train_epoch()
+    straight.train_epoch()
+
+    first_half = Trainer(make_run(), tiny_data, CPU)
+    first_half.train_epoch()
+    state = first_half.state_dict()
+    torch.manual_seed(12345)  # whatever happens in between must not matter
+    resumed = Trainer(make_run(), tiny_data, CPU)
+    resumed.load_state_dict(state)
+    resumed.train_epoch()
+
+    assert [r.test_accuracy for r in resumed.history] == [r.test_accuracy for r in straight.history]
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in straight.history]
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_finished_run_records_everything(tiny_data, tmp_path, tracker_root):
+    run = make_run(epochs=2)
+    paths = run_paths(tmp_path, run)
+    tracker = Tracker("test-study", root=tracker_root)
+    assert train_run(run, tiny_data, paths, tracker, CPU) == "finished"
+
+    client = tracker.client
+    record = client.get_run(tracker.run_id)
+    assert record.info.status == "FINISHED"
+    assert record.data.tags["variant"] == "convnet"
+    assert record.data.params["lr"] == "0.002"
+    history = client.get_metric_history(tracker.run_id, "test_accuracy")
+    assert sorted(metric.step for metric in history) == [1, 2]
+    assert "final_test_accuracy" in record.data.metrics
+    summary = json.loads(paths.summary_json.read_text())
+    assert summary["status"] == "finished"
+    assert summary["epochs_done"] == 2
+    assert paths.history_csv.read_text().count("\n") == 3
+    assert not paths.resume.exists()
+    experiment = client.get_experiment(tracker.experiment_id)
+    assert experiment.artifact_location == (tracker_root / "mlartifacts").as_uri()
+
+
+def test_diverged_run_marked_failed(tiny_data, tmp_path, tracker_root, monkeypatch):
+    calls = {"count": 0}
+    real_cross_entropy = torch.nn.functional.cross_entropy
+
+    def poisoned(*args, **kwargs):
+        calls["count"] += 1
+        loss = real_cross_entropy(*args, **kwargs)
+        return loss * float("nan") if calls["count"] == 5 else loss
+
+    monkeypatch.setattr("altnn.training.F.cross_entropy", poisoned)
+    run = make_run(epochs=2)
+    paths = run_paths(tmp_path, run)
+    tracker = Tracker("test-study", root=tracker_root)
+    assert train_run(run, tiny_data, paths, tracker, CPU) == "diverged"
+
+    record = tracker.client.get_run(tracker.run_id)
+    assert record.info.status == "FAILED"
+    assert "non-finite training loss" in record.data.tags["altnn.end_reason"]
+    summary = json.loads(paths.summary_json.read_text())
+    assert summary["status"] == "diverged"
+    assert "batch 5" in summary["reason"]
+
+
+def test_interrupted_run_marked_killed_then_resumes(tiny_data, tmp_path, tracker_root, monkeypatch):
+    run = make_run(epochs=2)
+    paths = run_paths(tmp_path, run)
+    real_epoch = Trainer.train_epoch
+
+    def stop_in_second_epoch(self):
+        if self.epochs_done == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_in_second_epoch)
+    tracker = Tracker("test-study", root=tracker_root)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(run, tiny_data, paths, tracker, CPU)
+    first_id = tracker.run_id
+    assert tracker.client.get_run(first_id).info.status == "KILLED"
+    assert paths.resume.exists()
+    assert not paths.checkpoint.exists()
+
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    tracker = Tracker("test-study", root=tracker_root)
+    assert train_run(run, tiny_data, paths, tracker, CPU) == "finished"
+    assert tracker.run_id == first_id
+    assert tracker.client.get_run(first_id).info.status == "FINISHED"
+    steps = [m.step for m in tracker.client.get_metric_history(first_id, "test_accuracy")]
+    assert sorted(steps) == [1, 2]
+
+
+def test_resume_file_of_other_settings_ignored(tiny_data, tmp_path, tracker_root, monkeypatch):
+    run = make_run(epochs=1)
+    paths = run_paths(tmp_path, run)
+    paths.resume.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "other", "mlflow_run_id": "x", "trainer": {}}, paths.resume)
+    tracker = Tracker("test-study", root=tracker_root)
+    assert train_run(dataclasses.replace(run), tiny_data, paths, tracker, CPU) == "finished"
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
