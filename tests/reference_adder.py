@@ -42,7 +42,10 @@ def forward(x: Tensor, weight: Tensor, stride: int = 1, padding: int = 0) -> Ten
 def weight_grad(
     x: Tensor, weight: Tensor, grad_out: Tensor, stride: int = 1, padding: int = 0, eta: float | None = 0.2
 ) -> Tensor:
-    """Compute grad_W[o, k] = sum G[o, (n, l)] * (Xcol[k, (n, l)] - W[o, k]), rescaled to norm eta*sqrt(numel)."""
+    """Compute grad_W[o, k] = sum G[o, (n, l)] * (Xcol[k, (n, l)] - W[o, k]).
+
+    With ``eta`` set, the result is rescaled to the norm eta * sqrt(W.numel()).
+    """
     out_channels, _, kernel_size, _ = weight.shape
     xcol = unfold_columns(x, kernel_size, stride, padding)
     weight_col = weight.reshape(out_channels, -1)
