@@ -62,7 +62,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """The MLflow experiment that holds every run of the study."""
+    """The MLflow experiment that contains every run of the study."""
 
     experiment: str = _spec("altnn-fashion-mnist", "str")
 

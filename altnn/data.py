@@ -47,7 +47,7 @@ CHUNK_BYTES = 1 << 20
 
 
 class DataError(RuntimeError):
-    """A data file is missing, corrupt or cannot be obtained; the message says what to do."""
+    """A data file is missing, corrupt or cannot be obtained. The message names the fix."""
 
 
 @dataclass(frozen=True)

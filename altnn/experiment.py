@@ -10,11 +10,13 @@ import hashlib
 import io
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import altnn
 from altnn.config import RunConfig
@@ -31,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run's files go."""
+    """File locations of one run."""
 
     checkpoint: Path  # final weights and history, read by the evaluate stage
     history_csv: Path  # per-epoch metrics, drawn by `dvc plots`
@@ -189,13 +191,18 @@ def train_run(run: RunConfig, data: PreparedData, paths: RunPaths, tracker: Trac
 
     try:
         test_result = None
+        epochs = tqdm(total=run.train.epochs, initial=trainer.epochs_done, desc=run.name, unit="epoch",
+                      disable=not sys.stderr.isatty())
         while trainer.epochs_done < run.train.epochs:
             record, test_result = trainer.train_epoch()
             recorder.save_resume(run_id)
             tracker.log_metrics(epoch_metrics(record), step=record.epoch)
+            epochs.update()
+            epochs.set_postfix(test=f"{100 * record.test_accuracy:.2f}%", refresh=False)
             log.info("%s epoch %d/%d: train %.2f%%, test %.2f%%, gap %.2f pp, %.1f s",
                      run.name, record.epoch, run.train.epochs, 100 * record.train_accuracy,
                      100 * record.test_accuracy, 100 * record.gap, record.epoch_seconds)
+        epochs.close()
         if test_result is None:  # every epoch was done before the interruption
             test_result = evaluate(trainer.model, trainer.test_images, trainer.test_labels,
                                    run.train.eval_batch_size)

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 import torch
 
 
-def predict(logits: torch.Tensor, tie_scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(logits: torch.Tensor,
+            tie_scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (predicted class, tied) for (B, C) logits.
 
     A prediction is tied when several classes share the top logit, which spike counts

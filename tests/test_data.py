@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from altnn.config import DataConfig
-from altnn.data import (RAW_FILES, DataError, acquire_file, acquire_raw_files, load_prepared,
-                        md5_of_file, prepare, read_split, stratified_indices)
+from altnn.data import (
+    RAW_FILES,
+    DataError,
+    acquire_file,
+    acquire_raw_files,
+    load_prepared,
+    md5_of_file,
+    prepare,
+    read_split,
+    stratified_indices,
+)
 
 LABELS = "t10k-labels-idx1-ubyte"
 

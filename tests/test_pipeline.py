@@ -7,15 +7,16 @@ subset of the real data, one epoch per run.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
-
 from conftest import REPO_ROOT
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +133,64 @@ def test_steps_scalar_retrains_only_spiking(reproduced):
     csv_rows = (reproduced / "reports" / "comparison.csv").read_text().splitlines()
     snn_rows = [row for row in csv_rows if row.startswith("snn,")]
     assert sum("not trained" in row for row in snn_rows) == 3
+
+
+def test_queued_grid_runs_two_at_once_and_logs_to_root(reproduced):
+    run(["dvc", "exp", "run", "--queue", "-S", "steps=2,3"], reproduced)
+    run(["dvc", "queue", "start", "-j", "2"], reproduced)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], reproduced).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    assert status.count("Success") >= 2, status
+
+    client, runs = finished_runs(reproduced)
+    for steps in (2, 3):
+        for variant in ("snn", "snn_adder"):
+            record = runs[f"{variant}-t{steps}-s0"]
+            assert record.info.status == "FINISHED"
+            assert record.data.tags.get("dvc_experiment"), record.data.tags
+            points = client.get_metric_history(record.info.run_id, "test_accuracy")
+            assert [point.step for point in points] == [1]
+    assert not (reproduced / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, system_dir) -> tuple[Path, Path]:
+    """Two workspaces: one trains straight through, the other is killed after an epoch."""
+    params = {"data": {"train_subset": 1000, "test_subset": 200}, "train": {"epochs": 4}}
+    straight = make_workspace(tmp_path_factory.mktemp("straight"), params)
+    killed = make_workspace(tmp_path_factory.mktemp("killed"), params)
+    run(["dvc", "repro", "evaluate@convnet"], straight)
+
+    resume_file = killed / "models" / ".resume" / "convnet" / "convnet-s0.pt"
+    process = subprocess.Popen(["dvc", "repro", "evaluate@convnet"], cwd=killed,
+                               env=stage_environment(killed), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not resume_file.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert resume_file.exists(), "the stage ended before it saved an epoch"
+    return straight, killed
+
+
+def test_killed_stage_resumes_to_same_metrics(interrupted):
+    straight, killed = interrupted
+    result = run(["dvc", "repro", "evaluate@convnet"], killed)
+    assert "resuming after epoch" in result.stdout + result.stderr
+
+    expected = json.loads((straight / "metrics" / "eval" / "convnet.json").read_text())
+    actual = json.loads((killed / "metrics" / "eval" / "convnet.json").read_text())
+    assert actual == expected
+
+    client, runs = finished_runs(killed)
+    assert list(runs) == ["convnet-s0"]  # the same MLflow run, not a second one
+    record = runs["convnet-s0"]
+    assert record.info.status == "FINISHED"
+    steps = [point.step for point in client.get_metric_history(record.info.run_id, "test_accuracy")]
+    assert sorted(steps) == [1, 2, 3, 4]
