@@ -27,6 +27,9 @@ DATABASE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
 MAX_PARAM_LENGTH = 6000
 LOCK_ATTEMPTS = 5
+# Opens the MLflow 3 UI on its model-training pages rather than its GenAI pages.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def repository_root() -> Path:
@@ -100,7 +103,8 @@ class Tracker:
                 # An explicit location: one created inside a temporary DVC workspace
                 # would otherwise point there forever.
                 self.experiment_id = _retry(self.client.create_experiment, experiment,
-                                            artifact_location=artifact_location(self.root))
+                                            artifact_location=artifact_location(self.root),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             else:
                 self.experiment_id = found.experiment_id
         self.run_id: str | None = None

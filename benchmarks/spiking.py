@@ -7,11 +7,12 @@ Run from the repository root:
 For each T it times, in one process and interleaved round by round, one training step
 (forward, cross-entropy backward, Adam step) on a random batch of:
 
-- the ConvNet, run T times (a ConvNet step sees each image once, an SNN step T times);
+- the ConvNet, run T times (a ConvNet step processes each image once, an SNN step T times);
 - the fast SNN and SNN+AdderNet (`altnn.models.snn`);
 - the same two models run by the plain per-step snnTorch loop (`tests/reference_snn.py`).
 
-It prints the median times and these ratios with their targets:
+It prints the minimum time of each step over the rounds, the usual statistic for timing
+on a machine whose other load only ever adds time, and these ratios with their targets:
 
 - (a) fast SNN step / T ConvNet steps, target at most 1.0;
 - (b) fast SNN+AdderNet step / fast SNN step, target at most 1.3;
@@ -21,7 +22,6 @@ Timings depend on the machine and on other work sharing its cores.
 """
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -37,8 +37,11 @@ FAST_SNN_TARGET = 1.0
 ADDER_TARGET = 1.3
 
 
-def make_training_step(model: torch.nn.Module, forward: Callable[[torch.nn.Module, torch.Tensor], ModelOutput],
-                       images: torch.Tensor, labels: torch.Tensor, repeats: int = 1) -> Callable[[], None]:
+Forward = Callable[[torch.nn.Module, torch.Tensor], ModelOutput]
+
+
+def make_training_step(model: torch.nn.Module, forward: Forward, images: torch.Tensor, labels: torch.Tensor,
+                       repeats: int = 1) -> Callable[[], None]:
     """Return a function that runs `repeats` Adam training steps of `model` on one batch."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
@@ -57,8 +60,9 @@ def call_model(model: torch.nn.Module, images: torch.Tensor) -> ModelOutput:
     return model(images)
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
-    """Return the median seconds of each step over `rounds` rounds, after one warm-up call each."""
+def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int,
+                     device: torch.device) -> dict[str, float]:
+    """Return the minimum seconds of each step over `rounds` rounds, after one warm-up call each."""
     def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -73,7 +77,7 @@ def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: 
             step()
             synchronize()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: min(values) for name, values in samples.items()}
 
 
 def benchmark_steps(steps: int, batch: int, rounds: int, device: torch.device) -> dict[str, float]:
@@ -107,19 +111,24 @@ def format_ratio(name: str, value: float, target: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10], help="time steps T to time (default: 5 10)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10],
+                        help="time steps T to time (default: 5 10)")
     parser.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
-    parser.add_argument("--rounds", type=int, default=7,
-                        help="timed rounds per step; the median is reported (default: 7)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed rounds per step; the minimum is reported (default: 5)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}, median of {args.rounds} rounds")
+          f"batch {args.batch}, minimum of {args.rounds} rounds")
     for steps in args.steps:
         seconds = benchmark_steps(steps, args.batch, args.rounds, device)
-        print(f"\nT = {steps}: median seconds per training step")
+        print(f"\nT = {steps}: minimum time per training step")
         for name, value in seconds.items():
             print(f"  {name:<20} {value * 1e3:9.1f} ms")
         print("ratios:")
@@ -127,7 +136,8 @@ def main() -> None:
                            FAST_SNN_TARGET))
         print(format_ratio("(b) snn_adder fast / snn fast", seconds["snn_adder fast"] / seconds["snn fast"],
                            ADDER_TARGET))
-        print(format_ratio("(c) snn per-step / snn fast", seconds["snn per-step"] / seconds["snn fast"], None))
+        print(format_ratio("(c) snn per-step / snn fast", seconds["snn per-step"] / seconds["snn fast"],
+                           None))
         print(format_ratio("(c) snn_adder per-step / snn_adder fast",
                            seconds["snn_adder per-step"] / seconds["snn_adder fast"], None))
         print(format_ratio("    snn per-step / convnet x T", seconds["snn per-step"] / seconds["convnet x T"],

@@ -1,9 +1,9 @@
 """The study's spiking network as a plain per-step snnTorch loop, for tests and benchmarks.
 
 `per_step_forward` runs a `SpikingNet`'s own modules one time step at a time, the way
-snnTorch's tutorials write a spiking network: every step feeds the image through block 1,
-the neuron, block 2 and so on, with plain BatchNorm calls on (B, C, H, W) and the general
-`adder2d` in the adder blocks. It shares the fast model's parameters, so both paths can
+snnTorch's tutorials write a spiking network. Every step feeds the image through block 1,
+the neuron, block 2 and so on. BatchNorm gets plain (B, C, H, W) calls, and adder blocks
+use the general `adder2d`. It shares the fast model's parameters, so both paths can
 be compared output for output and gradient for gradient.
 """
 
@@ -56,5 +56,5 @@ def per_step_forward(model: SpikingNet, images: Tensor) -> ModelOutput:
         output_membranes.append(membranes[4])
 
     stacked = [torch.stack(train) for train in spike_trains]
-    spike_rates = {name: spike_rate(spikes) for name, spikes in zip(SPIKING_LAYERS, stacked)}
+    spike_rates = {name: spike_rate(spikes) for name, spikes in zip(SPIKING_LAYERS, stacked, strict=True)}
     return read_out(model.readout, stacked[4], torch.stack(output_membranes), spike_rates)

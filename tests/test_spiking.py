@@ -10,8 +10,15 @@ import torch.nn.functional as F
 from snntorch import surrogate
 
 from altnn.config import ModelConfig
+from altnn.experiment import LogitsOnly
 from altnn.layers.adder import Adder2d, adder2d
-from altnn.layers.spiking import SpikeAdder2d, StepBatchNorm2d, run_leaky, spike_adder2d
+from altnn.layers.spiking import (
+    SpikeAdder2d,
+    StepBatchNorm2d,
+    run_leaky,
+    spike_adder2d,
+    supports_fused_leaky,
+)
 from altnn.models import build_model
 from altnn.models.common import ModelOutput
 from altnn.models.snn import SPIKING_LAYERS, SNNAdder, predict_classes
@@ -70,22 +77,28 @@ def reference_adder_grads(x, weight, grad_out, stride, padding, eta):
     return grad_x, grad_weight
 
 
-ADDER_CASES = [(stride, padding, eta) for stride in (1, 2) for padding in (0, 1) for eta in (None, 0.2)]
+ADDER_CASES = [(stride, padding, eta, channels_last)
+               for stride in (1, 2) for padding in (0, 1) for eta in (None, 0.2)
+               for channels_last in (False, True)]
 
 
-@pytest.mark.parametrize(("stride", "padding", "eta"), ADDER_CASES)
-def test_spike_adder_matches_general_adder(stride, padding, eta):
+@pytest.mark.parametrize(("stride", "padding", "eta", "channels_last"), ADDER_CASES)
+def test_spike_adder_matches_general_adder(stride, padding, eta, channels_last):
     generator = torch.Generator().manual_seed(stride * 10 + padding)
     spikes = (torch.rand(3, 4, 9, 9, generator=generator) < 0.4).float()
     # Weights spread over [-2, 3] so that clamp(W - s, -1, 1) takes all its branches.
     weight = torch.rand(5, 4, 3, 3, generator=generator) * 5 - 2
     expected = reference_adder_forward(spikes, weight, stride, padding)
     grad_out = torch.randn(expected.shape, generator=generator)
-    expected_grad_x, expected_grad_weight = reference_adder_grads(spikes, weight, grad_out, stride, padding, eta)
+    expected_grad_x, expected_grad_weight = reference_adder_grads(spikes, weight, grad_out, stride, padding,
+                                                                  eta)
 
     results = {}
     for name, function in (("spike_adder2d", spike_adder2d), ("adder2d", adder2d)):
-        x = spikes.clone().requires_grad_()
+        x = spikes.clone()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
         w = weight.clone().requires_grad_()
         output = function(x, w, stride, padding, eta)
         output.backward(grad_out)
@@ -153,7 +166,8 @@ def test_step_batch_norm_matches_per_step_calls(momentum):
     fast = make_norm(momentum)
     loop = copy.deepcopy(fast)
     # Each step gets its own mean and scale, so shared statistics would fail.
-    inputs = torch.randn(4, 5, 3, 6, 6) * torch.arange(1, 5).view(4, 1, 1, 1, 1) + torch.arange(4).view(4, 1, 1, 1, 1)
+    step_index = torch.arange(4.0).view(4, 1, 1, 1, 1)
+    inputs = torch.randn(4, 5, 3, 6, 6) * (step_index + 1) + step_index
     grad_out = torch.randn(inputs.shape)
 
     x_fast = inputs.clone().requires_grad_()
@@ -205,24 +219,85 @@ def test_step_batch_norm_repeated_input_eval_keeps_stats():
 # ---------------------------------------------------------------------------
 
 
-def make_leaky() -> snn.Leaky:
-    return snn.Leaky(beta=0.8, learn_beta=True, threshold=1.0, learn_threshold=True,
-                     spike_grad=surrogate.fast_sigmoid(slope=25))
+def make_leaky(beta: float = 0.8, threshold: float = 1.0, reset_mechanism: str = "subtract",
+               graded: float = 1.0) -> snn.Leaky:
+    return snn.Leaky(beta=beta, learn_beta=True, threshold=threshold, learn_threshold=True,
+                     spike_grad=surrogate.fast_sigmoid(slope=25), reset_mechanism=reset_mechanism,
+                     graded_spikes_factor=graded)
 
 
-def test_run_leaky_matches_manual_loop():
+def neuron_call_loop(neuron, currents):
+    """Run `neuron` step by step as snnTorch's tutorials do; return spikes and membranes."""
+    membrane = torch.zeros_like(currents[0])
+    spikes, membranes = [], []
+    for current in currents.unbind(0):
+        spike, membrane = neuron(current, membrane)
+        spikes.append(spike)
+        membranes.append(membrane)
+    return torch.stack(spikes), torch.stack(membranes)
+
+
+LEAKY_CASES = [
+    # (beta, threshold, reset_mechanism, graded spike size, static)
+    (0.8, 1.0, "subtract", 1.0, False),
+    (0.8, 1.0, "subtract", 1.0, True),
+    (1.2, 0.7, "subtract", 1.0, False),  # beta above 1 is clamped and gets no gradient
+    (0.8, -0.3, "subtract", 1.0, False),  # a negative threshold resets at step 0
+    (0.8, 1.0, "subtract", 2.5, False),  # spikes scaled, the reset not
+    (0.8, 1.0, "zero", 1.0, False),  # not fused: runs the neuron calls
+]
+
+
+@pytest.mark.parametrize(("beta", "threshold", "reset_mechanism", "graded", "static"), LEAKY_CASES)
+def test_run_leaky_matches_neuron_calls(beta, threshold, reset_mechanism, graded, static):
     torch.manual_seed(0)
-    neuron = make_leaky()
-    currents = torch.rand(6, 4, 7) * 1.5
-    spikes, membranes = run_leaky(neuron, currents, record_membrane=True)
+    steps = 6
+    fused_neuron = make_leaky(beta, threshold, reset_mechanism, graded)
+    loop_neuron = copy.deepcopy(fused_neuron)
+    # Currents in [-1, 1.5] let some neurons spike and keep others silent at both thresholds.
+    base = (torch.rand(4, 7) if static else torch.rand(steps, 4, 7)) * 2.5 - 1
+    grad_spikes = torch.randn(steps, 4, 7)
+    grad_membranes = torch.randn(steps, 4, 7)
 
-    membrane = torch.zeros(4, 7)
-    for step in range(6):
-        expected_spikes, membrane = neuron(currents[step], membrane)
-        assert torch.equal(spikes[step], expected_spikes), f"spikes differ at step {step}"
-        assert torch.equal(membranes[step], membrane), f"membrane differs at step {step}"
-    assert spikes.sum() > 0, "the test currents should make the neuron spike"
-    assert (spikes == 0).any(), "the test currents should leave some neurons silent"
+    fused_currents = base.clone().requires_grad_()
+    spikes, membranes = run_leaky(fused_neuron, fused_currents, steps=steps if static else None,
+                                  record_membrane=True)
+    torch.autograd.backward([spikes, membranes], [grad_spikes, grad_membranes])
+
+    loop_currents = base.clone().requires_grad_()
+    expanded = loop_currents.expand(steps, 4, 7) if static else loop_currents
+    expected_spikes, expected_membranes = neuron_call_loop(loop_neuron, expanded)
+    torch.autograd.backward([expected_spikes, expected_membranes], [grad_spikes, grad_membranes])
+
+    assert torch.equal(spikes, expected_spikes)
+    assert torch.equal(membranes, expected_membranes)
+    assert_close(fused_currents.grad, loop_currents.grad, "current gradient")
+    assert_close(fused_neuron.beta.grad, loop_neuron.beta.grad, "beta gradient")
+    assert_close(fused_neuron.threshold.grad, loop_neuron.threshold.grad, "threshold gradient")
+    spiked = spikes != 0
+    assert spiked.any(), "the test currents should make some neurons spike"
+    assert not spiked.all(), "the test currents should leave some neurons silent"
+
+
+def test_run_leaky_uses_fused_recurrence_for_study_neurons():
+    assert supports_fused_leaky(make_leaky())
+    assert not supports_fused_leaky(make_leaky(reset_mechanism="zero"))
+
+
+def test_run_leaky_spike_gradient_only():
+    # The model's hidden layers use only the spikes, so the membrane output gets no gradient.
+    torch.manual_seed(0)
+    fused_neuron = make_leaky()
+    loop_neuron = copy.deepcopy(fused_neuron)
+    base = torch.rand(5, 3, 4) * 1.5
+    fused_currents = base.clone().requires_grad_()
+    loop_currents = base.clone().requires_grad_()
+
+    run_leaky(fused_neuron, fused_currents)[0].sum().backward()
+    neuron_call_loop(loop_neuron, loop_currents)[0].sum().backward()
+
+    assert_close(fused_currents.grad, loop_currents.grad, "current gradient")
+    assert_close(fused_neuron.threshold.grad, loop_neuron.threshold.grad, "threshold gradient")
 
 
 def test_run_leaky_static_current_equals_repeated():
@@ -233,8 +308,9 @@ def test_run_leaky_static_current_equals_repeated():
     assert torch.equal(static_spikes, repeated_spikes)
 
 
-def test_run_leaky_starts_from_zero_membrane():
-    neuron = make_leaky()
+@pytest.mark.parametrize("reset_mechanism", ["subtract", "zero"])
+def test_run_leaky_starts_from_zero_membrane(reset_mechanism):
+    neuron = make_leaky(reset_mechanism=reset_mechanism)
     run_leaky(neuron, torch.full((3, 2, 5), 5.0))
     # The call above leaves a charged membrane inside the snnTorch module; it must
     # not leak into the next call.
@@ -262,9 +338,11 @@ def test_model_shapes_and_gradients(variant, steps):
     assert torch.isfinite(output.tie_scores).all()
     assert set(output.spike_rates) == set(SPIKING_LAYERS)
     for name, rate in output.spike_rates.items():
-        assert rate.dim() == 0 and not rate.requires_grad, name
+        assert rate.dim() == 0, name
+        assert not rate.requires_grad, name
         assert 0.0 <= rate.item() <= 1.0, name
-    assert output.logits.min() >= 0 and output.logits.max() <= steps, "spike counts lie in [0, T]"
+    assert output.logits.min() >= 0, "spike counts are at least 0"
+    assert output.logits.max() <= steps, "spike counts are at most T"
 
     F.cross_entropy(output.logits, torch.tensor([0, 1, 2])).backward()
     for name, parameter in model.named_parameters():
@@ -283,6 +361,16 @@ def test_model_membrane_readout(variant):
     assert output.tie_scores is None
     F.cross_entropy(output.logits, torch.tensor([3, 4])).backward()
     assert model.linear1.weight.grad is not None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_exports(variant):
+    # The pipeline logs every model with MLflow, which runs torch.export in eval mode.
+    model = make_model(variant, 2).eval()
+    images = make_images(1)
+    exported = torch.export.export(LogitsOnly(model), (images,))
+    with torch.no_grad():
+        assert_close(exported.module()(images), model(images).logits, "exported logits")
 
 
 def test_model_rejects_bad_config():
@@ -332,8 +420,8 @@ def assert_same_outputs(fast: ModelOutput, loop: ModelOutput) -> None:
         assert_close(fast.spike_rates[name], loop.spike_rates[name], f"spike rate of {name}")
 
 
-# At the default threshold 1.0 the untrained output layer stays silent, so the spike
-# counts would be zeros in both paths; threshold 0.5 makes every layer spike.
+# At the default threshold 1.0 the untrained output layer stays silent, which would make
+# the spike counts zero in both paths. Threshold 0.5 makes every layer spike.
 SPIKING_OPTIONS = {"dropout": 0.0, "threshold": 0.5}
 
 EQUALITY_CASES = [(variant, steps, readout, mode)
@@ -471,31 +559,23 @@ def test_predict_classes_without_tie_scores_uses_argmax():
     assert predict_classes(ModelOutput(logits=logits)).tolist() == [1]
 
 
-def record_output_membranes(model) -> list[torch.Tensor]:
-    """Make lif5 append its membrane after each step to the returned list."""
-    membranes = []
-    neuron_forward = model.lif5.forward
-
-    def recording_forward(current, membrane):
-        spikes, membrane = neuron_forward(current, membrane)
-        membranes.append(membrane.detach())
-        return spikes, membrane
-
-    model.lif5.forward = recording_forward
-    return membranes
+def output_membranes(model, images) -> tuple[ModelOutput, torch.Tensor]:
+    """Run `model` and recompute lif5's membranes (T, B, 10) from its input currents."""
+    captured = {}
+    model.linear3.register_forward_hook(lambda module, inputs, output: captured.update(currents=output))
+    output = model(images)
+    currents = captured["currents"].detach().reshape(model.steps, images.shape[0], -1)
+    _, membranes = neuron_call_loop(copy.deepcopy(model.lif5), currents)
+    return output, membranes.detach()
 
 
 def test_tie_scores_are_summed_output_membrane():
-    model = make_model("snn", 4, dropout=0.0)
-    membranes = record_output_membranes(model)
-    output = model(make_images(3))
-    assert len(membranes) == 4
-    assert_close(output.tie_scores, torch.stack(membranes).sum(0), "tie_scores")
+    model = make_model("snn", 4, dropout=0.0, threshold=0.5)
+    output, membranes = output_membranes(model, make_images(3))
+    assert_close(output.tie_scores, membranes.sum(0), "tie_scores")
 
 
 def test_membrane_readout_is_mean_output_membrane():
-    model = make_model("snn", 4, dropout=0.0, readout="membrane")
-    membranes = record_output_membranes(model)
-    output = model(make_images(3))
-    assert len(membranes) == 4
-    assert_close(output.logits.detach(), torch.stack(membranes).mean(0), "logits")
+    model = make_model("snn", 4, dropout=0.0, threshold=0.5, readout="membrane")
+    output, membranes = output_membranes(model, make_images(3))
+    assert_close(output.logits.detach(), membranes.mean(0), "logits")

@@ -16,6 +16,7 @@ import snntorch as snn
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from altnn.layers.adder import Adder2d, adder_weight_grad
 
@@ -53,7 +54,7 @@ class StepBatchNorm2d(nn.BatchNorm2d):
     def forward_repeated(self, x: Tensor, steps: int) -> Tensor:
         """Normalize (B, C, H, W) that a per-step loop would feed `steps` times.
 
-        Each of those calls sees the same batch statistics and returns the same output,
+        Each of those calls computes the same batch statistics and returns the same output,
         so the input is normalized once. In training mode the running statistics
         then get the result of `steps` sequential updates with the same batch mean mu
         and unbiased variance in one update with an effective momentum M:
@@ -92,7 +93,7 @@ def spike_adder_forward(spikes: Tensor, weight: Tensor, stride: int, padding: in
 
     For s in {0, 1}, |s - w| = |w| + s (|1 - w| - |w|), so
     -sum |s - W| = conv2d(s, |W| - |1 - W|) - sum |W| per filter. Zero padding is
-    binary too, so the identity also holds at padded positions.
+    binary too, so the identity is exact at padded positions.
     """
     conv_weight = weight.abs() - (1.0 - weight).abs()
     bias = -weight.abs().sum(dim=(1, 2, 3))
@@ -113,10 +114,21 @@ def spike_adder_input_grad(spikes: Tensor, weight: Tensor, grad_out: Tensor, str
     clipped_at_one = (weight - 1.0).clamp(-1.0, 1.0)
     stacked = torch.cat([clipped_at_zero, clipped_at_one - clipped_at_zero], dim=1)
     batch, channels, height, width = spikes.shape
-    both = torch.nn.grad.conv2d_input((batch, 2 * channels, height, width), stacked, grad_out,
-                                      stride=stride, padding=padding)
+    # torch.nn.grad.conv2d_input passes a stride-0 expanded input to the same operator;
+    # on CPU (torch 2.14, channels_last spikes) that took 2.5x as long as a real tensor.
+    memory_format = torch.channels_last if is_channels_last(spikes) else torch.contiguous_format
+    input_like = torch.empty((batch, 2 * channels, height, width), dtype=spikes.dtype, device=spikes.device,
+                             memory_format=memory_format)
+    both = torch.ops.aten.convolution_backward(
+        grad_out, input_like, stacked, None, _pair(stride), _pair(padding), (1, 1), False, (0, 0), 1,
+        (True, False, False))[0]
     base, spike_term = both.split(channels, dim=1)
     return base + spikes * spike_term
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """Return whether a 4-D tensor is stored channels_last and not also plain contiguous."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 class _SpikeAdder2dFunction(torch.autograd.Function):
@@ -187,14 +199,103 @@ class SpikeAdder2d(Adder2d):
 # ---------------------------------------------------------------------------
 
 
+class _LeakyRecurrence(torch.autograd.Function):
+    """snnTorch's Leaky update with reset by subtraction, over all steps in one autograd node.
+
+    Forward, from m_{-1} = 0 and s_{-1} = surrogate(-u), with b = clamp(beta, 0, 1) and
+    threshold u:
+        m_t = b m_{t-1} + I_t - s_{t-1} u,    s_t = surrogate(m_t - u).
+    The reset s_{t-1} carries no gradient, as in snnTorch. Backward, with g_s and g_m the
+    gradients of the spike and membrane outputs and a_t = g_s,t * surrogate'(m_t - u):
+        d_t = a_t + g_m,t + b d_{t+1},   dL/dI_t = d_t,
+        dL/du = -sum_t (a_t + s_{t-1} d_t),   dL/db = sum_t d_t m_{t-1}.
+    The T surrogate derivatives come from one call of the surrogate's own backward.
+    """
+
+    @staticmethod
+    def forward(ctx, currents: Tensor, beta: Tensor, threshold: Tensor, graded: Tensor, surrogate,
+                steps: int, static: bool) -> tuple[Tensor, Tensor]:
+        decay = beta.clamp(0, 1)
+        membrane = torch.zeros_like(currents[0] if not static else currents)
+        # snnTorch resets at step 0 where the zero initial membrane exceeds the threshold,
+        # which can happen only once a learned threshold drops below 0.
+        initial_reset = surrogate(torch.zeros_like(threshold) - threshold)
+        reset = initial_reset
+        spikes: list[Tensor] = []
+        membranes: list[Tensor] = []
+        for step in range(steps):
+            current = currents if static else currents[step]
+            # Same operations in the same order as snnTorch's Leaky, so the results are equal.
+            membrane = decay * membrane + current - reset * threshold
+            reset = surrogate(membrane - threshold)
+            spikes.append(reset)
+            membranes.append(membrane)
+        spike_train, membrane_train = torch.stack(spikes), torch.stack(membranes)
+        ctx.save_for_backward(spike_train, membrane_train, initial_reset, beta, threshold, graded)
+        # snnTorch scales output spikes by graded_spikes_factor (1 by default) but not
+        # the reset. Multiplying here instead of checking the factor's value keeps the
+        # forward free of data-dependent branches, which torch.export rejects.
+        spike_train = spike_train * graded
+        ctx.surrogate = surrogate
+        ctx.static = static
+        return spike_train, membrane_train
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor | None, grad_membranes: Tensor | None):
+        spike_train, membrane_train, initial_reset, beta, threshold, graded = ctx.saved_tensors
+        decay = beta.clamp(0, 1)
+
+        if grad_spikes is None:
+            direct = torch.zeros_like(membrane_train)
+        else:
+            with torch.enable_grad():
+                shifted = (membrane_train - threshold).detach().requires_grad_()
+                (direct,) = torch.autograd.grad(ctx.surrogate(shifted), shifted, grad_spikes * graded)
+        total = direct if grad_membranes is None else direct + grad_membranes
+
+        grad_membrane_train = torch.empty_like(total)
+        grad_membrane_train[-1] = total[-1]
+        for step in range(total.shape[0] - 2, -1, -1):
+            torch.addcmul(total[step], decay, grad_membrane_train[step + 1], out=grad_membrane_train[step])
+
+        grad_currents = grad_beta = grad_threshold = None
+        if ctx.needs_input_grad[0]:
+            grad_currents = grad_membrane_train.sum(0) if ctx.static else grad_membrane_train
+        if ctx.needs_input_grad[1]:
+            grad_decay = (grad_membrane_train[1:] * membrane_train[:-1]).sum(0).sum_to_size(beta.shape)
+            in_range = (beta >= 0) & (beta <= 1)
+            grad_beta = grad_decay * in_range
+        if ctx.needs_input_grad[2]:
+            reset_terms = ((spike_train[:-1] * grad_membrane_train[1:]).sum(0)
+                           + initial_reset * grad_membrane_train[0])
+            grad_threshold = -(direct.sum(0) + reset_terms).sum_to_size(threshold.shape)
+        return grad_currents, grad_beta, grad_threshold, None, None, None, None
+
+
+def supports_fused_leaky(neuron: snn.Leaky) -> bool:
+    """Return whether `_LeakyRecurrence` computes exactly what `neuron` computes.
+
+    It covers snnTorch's default Leaky (1.0.0): reset by subtraction, delayed reset, a
+    fixed (not learned) spike size, no inhibition and no state quantization.
+    """
+    return (type(neuron) is snn.Leaky and neuron.reset_mechanism == "subtract" and neuron.reset_delay
+            and not neuron.inhibition and not neuron.state_quant and not neuron.init_hidden
+            and not neuron.graded_spikes_factor.requires_grad)
+
+
 def run_leaky(neuron: snn.Leaky, currents: Tensor, steps: int | None = None,
               record_membrane: bool = False) -> tuple[Tensor, Tensor | None]:
     """Run a snnTorch Leaky neuron from a zero membrane over T steps of input current.
 
     `currents` is (T, B, ...) with one current per step, or, when `steps` is given,
-    one (B, ...) current that enters at each of the `steps` steps. The membrane is
-    passed in and out of every call (`spk, mem = neuron(cur, mem)`), so no state
-    carries over between calls of this function.
+    one (B, ...) current that enters at each of the `steps` steps. No state carries
+    over between calls of this function.
+
+    For the neurons that `supports_fused_leaky` accepts, one autograd node computes all
+    steps with the neuron's own beta, threshold and surrogate, which saves the
+    per-operation autograd overhead of T neuron calls. Other neurons run as T calls
+    `spk, mem = neuron(cur, mem)` with the membrane passed in and out. Both give the
+    same spikes and membranes as those calls.
 
     Returns the spikes (T, B, ...) and, if `record_membrane`, the membrane potential
     after each step (T, B, ...), else None. snnTorch's Leaky (1.0.0) applies a reset
@@ -202,22 +303,25 @@ def run_leaky(neuron: snn.Leaky, currents: Tensor, steps: int | None = None,
     """
     if neuron.init_hidden:
         raise ValueError("run_leaky needs a Leaky neuron built with init_hidden=False")
-    if steps is None:
-        step_currents = currents.unbind(0)
-    else:
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        step_currents = (currents,) * steps
+    static = steps is not None
+    if static and steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    step_count = steps if static else currents.shape[0]
 
-    membrane = torch.zeros_like(step_currents[0])
-    spikes: list[Tensor] = []
-    membranes: list[Tensor] = []
-    for current in step_currents:
-        spike, membrane = neuron(current, membrane)
-        spikes.append(spike)
-        if record_membrane:
-            membranes.append(membrane)
-    return torch.stack(spikes), torch.stack(membranes) if record_membrane else None
+    if supports_fused_leaky(neuron):
+        spikes, membranes = _LeakyRecurrence.apply(currents, neuron.beta, neuron.threshold,
+                                                   neuron.graded_spikes_factor, neuron.spike_grad,
+                                                   step_count, static)
+        return spikes, membranes if record_membrane else None
+
+    membrane = torch.zeros_like(currents if static else currents[0])
+    spike_list: list[Tensor] = []
+    membrane_list: list[Tensor] = []
+    for step in range(step_count):
+        spike, membrane = neuron(currents if static else currents[step], membrane)
+        spike_list.append(spike)
+        membrane_list.append(membrane)
+    return torch.stack(spike_list), torch.stack(membrane_list) if record_membrane else None
 
 
 def spike_rate(spikes: Tensor) -> Tensor:
@@ -233,4 +337,5 @@ __all__ = [
     "spike_adder_forward",
     "spike_adder_input_grad",
     "spike_rate",
+    "supports_fused_leaky",
 ]

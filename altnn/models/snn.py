@@ -2,19 +2,23 @@
 
 Both keep the layer sizes of `altnn.models.common` and put a Leaky neuron after block 1,
 after block 2, after linear1 and dropout, after linear2 and after linear3. In a block the
-neuron takes the place of the ReLU after max-pooling, as in snnTorch's convolutional
-tutorial (conv -> max-pool -> Leaky), so it sees the pooled 14x14 and 6x6 maps: a block is
-conv -> BatchNorm -> max-pool 2 -> Leaky.
+neuron takes the place of the ReLU and comes after max-pooling, as in snnTorch's
+convolutional SNN tutorial (`cur1 = F.max_pool2d(self.conv1(x), 2)` feeds `lif1`), so it
+integrates the pooled 14x14 and 6x6 maps: a block is conv -> BatchNorm -> max-pool 2 ->
+Leaky. Spiking before pooling would give different results, because a Leaky neuron does
+not commute with max-pooling as a ReLU does.
 
 Direct encoding: the same normalized image enters block 1 at every one of T steps, and
 every membrane starts at zero in each forward pass.
 
-The forward pass runs layer by layer. Block 1 sees a static input, so it runs once. Every
+The forward pass runs layer by layer. Block 1 has a static input, so it runs once. Every
 later stateless layer takes all T steps as one batch of T*B samples, and only the neurons
 loop over T. The network has no recurrence across layers within a step, so this computes
-what a per-step loop computes (`tests/reference_snn.py` holds that loop). The one
-difference is dropout: it draws an independent mask for every step, as a per-step loop
-does, but from different random numbers.
+what a per-step loop computes, up to float rounding (`tests/reference_snn.py` contains
+that loop, and the tests compare outputs, gradients and BatchNorm running statistics).
+Two differences remain. Dropout draws an independent mask for every step, as a per-step
+loop does, but from different random numbers. In `SNNAdder` with `eta` set, each adder
+layer's weight gradient is rescaled once per forward pass (see `SNNAdder`).
 """
 
 import snntorch as snn
@@ -85,7 +89,7 @@ class SpikingNet(nn.Module):
       spikes and resets (by subtraction) as in the "spike_count" readout. `tie_scores`
       is None.
 
-    `spike_rates` holds the detached mean firing rate of "lif1".."lif5".
+    `spike_rates` contains the detached mean firing rate of "lif1".."lif5".
     """
 
     def __init__(self, config: ModelConfig, block1_layer: nn.Module, block2_layer: nn.Module) -> None:
@@ -125,8 +129,9 @@ class SpikingNet(nn.Module):
         spikes4, _ = run_leaky(self.lif4, self.linear2(spikes3))  # (T, B, 120)
         spikes5, membrane5 = run_leaky(self.lif5, self.linear3(spikes4), record_membrane=True)
 
+        all_spikes = (spikes1, spikes2, spikes3, spikes4, spikes5)
         spike_rates = {name: spike_rate(spikes)
-                       for name, spikes in zip(SPIKING_LAYERS, (spikes1, spikes2, spikes3, spikes4, spikes5))}
+                       for name, spikes in zip(SPIKING_LAYERS, all_spikes, strict=True)}
         assert membrane5 is not None
         return read_out(self.readout, spikes5, membrane5, spike_rates)
 
@@ -161,8 +166,10 @@ class SNN(SpikingNet):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(
             config,
-            nn.Conv2d(arch.IN_CHANNELS, arch.BLOCK1_CHANNELS, arch.KERNEL_SIZE, padding=arch.BLOCK1_PADDING),
-            nn.Conv2d(arch.BLOCK1_CHANNELS, arch.BLOCK2_CHANNELS, arch.KERNEL_SIZE, padding=arch.BLOCK2_PADDING),
+            nn.Conv2d(arch.IN_CHANNELS, arch.BLOCK1_CHANNELS, arch.KERNEL_SIZE,
+                      padding=arch.BLOCK1_PADDING),
+            nn.Conv2d(arch.BLOCK1_CHANNELS, arch.BLOCK2_CHANNELS, arch.KERNEL_SIZE,
+                      padding=arch.BLOCK2_PADDING),
         )
 
 
@@ -173,6 +180,12 @@ class SNNAdder(SpikingNet):
     of lif1, so it is binary, and block 2 is a `SpikeAdder2d`: the same layer computed as
     a convolution, with its own (64, 32, 3, 3) weight, initialised and rescaled (`eta`)
     as `Adder2d`.
+
+    AdderNet's adaptive scaling (`eta`) sets the norm of a layer's weight gradient per
+    training step. Each adder layer here runs once per forward pass over all T steps, so
+    its gradient is rescaled once. A per-step loop calls each adder T times and sums T
+    separately rescaled gradients, which differs in norm and direction. With
+    `eta=None` both give the same gradient.
     """
 
     def __init__(self, config: ModelConfig) -> None:
