@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import logging
+import pickle
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def load_prepared(prepared_dir: Path) -> PreparedData:
     except FileNotFoundError as error:
         raise DataError(f"{error.filename}: not found; run the preprocess stage first "
                         "(dvc repro preprocess).") from error
-    except (OSError, RuntimeError, ValueError, KeyError) as error:
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as error:
         raise DataError(f"{prepared_dir}: unreadable prepared data ({error}); "
                         "delete it and run `dvc repro preprocess`.") from error
     return PreparedData(

@@ -1,6 +1,7 @@
 """Final evaluation of a saved checkpoint: accuracy, per class, confusion, ties, cost."""
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ def load_checkpoint(path: Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found; run the train stage first (dvc repro)") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise CheckpointError(f"{path}: unreadable checkpoint ({error}); delete it and run "
                               "`dvc repro` to train again") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def load_resume_state(path: Path, expected: str) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         log.warning("%s: unreadable resume file (%s); starting the run afresh", path, error)
         return None
     if state.get("fingerprint") != expected:

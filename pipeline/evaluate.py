@@ -37,18 +37,21 @@ def main() -> None:
     if not checkpoints:
         raise CheckpointError(f"{args.models / args.variant}: no checkpoints; run "
                               f"`dvc repro` to train {args.variant} first")
+    loaded = [load_checkpoint(path) for path in checkpoints]  # fail before changing anything
     data = load_prepared(args.data)
+
+    results = {}
+    for checkpoint in loaded:
+        results[checkpoint["run"]] = evaluate_checkpoint(checkpoint, data, device,
+                                                         config.train.eval_batch_size)
+        log.info("%s: %s", checkpoint["run"], results[checkpoint["run"]][0])
 
     details_dir = args.metrics / "details" / args.variant
     shutil.rmtree(details_dir, ignore_errors=True)
-    summaries = {}
-    for path in checkpoints:
-        checkpoint = load_checkpoint(path)
-        summary, details = evaluate_checkpoint(checkpoint, data, device, config.train.eval_batch_size)
-        summaries[checkpoint["run"]] = summary
-        write_json(details_dir / f"{checkpoint['run']}.json", details)
-        log.info("%s: %s", checkpoint["run"], summary)
-    write_json(args.metrics / "eval" / f"{args.variant}.json", summaries)
+    for run_name, (_, details) in results.items():
+        write_json(details_dir / f"{run_name}.json", details)
+    write_json(args.metrics / "eval" / f"{args.variant}.json",
+               {run_name: summary for run_name, (summary, _) in results.items()})
 
 
 if __name__ == "__main__":
