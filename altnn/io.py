@@ -8,8 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -49,5 +47,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # imported here so that readers of text files need no torch
+
     with atomic_path(path) as temporary:
         torch.save(obj, temporary)
