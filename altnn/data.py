@@ -149,18 +149,22 @@ def acquire_raw_files(raw_dir: Path, system_dirs=SYSTEM_DIRS, mirrors=MIRRORS) -
     return {name: acquire_file(name, raw_dir, system_dirs, mirrors) for name in RAW_FILES}
 
 
+def _read_idx(path: Path, reader) -> torch.Tensor:
+    """Decode one IDX file with torchvision's reader, naming the file in any error."""
+    try:
+        return reader(str(path))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the download stage first (dvc repro download).") from None
+    except (AssertionError, RuntimeError, ValueError, KeyError) as error:
+        raise DataError(f"{path}: not a valid IDX file ({type(error).__name__}: {error}); "
+                        "delete it and run the download stage again (dvc repro download).") from error
+
+
 def read_split(raw_dir: Path, split: str) -> Split:
     """Decode one split's IDX files with torchvision's reader, checking shapes and labels."""
     image_name, label_name = SPLIT_FILES[split]
-    try:
-        images = read_image_file(str(raw_dir / image_name))
-        labels = read_label_file(str(raw_dir / label_name)).long()
-    except FileNotFoundError as error:
-        raise DataError(f"{error.filename}: not found; run the download stage first "
-                        "(dvc repro download).") from error
-    except (AssertionError, RuntimeError, ValueError, KeyError) as error:
-        raise DataError(f"{raw_dir / image_name} or {label_name}: not a valid IDX file ({error!r}); "
-                        "delete data/raw and run the download stage again.") from error
+    images = _read_idx(raw_dir / image_name, read_image_file)
+    labels = _read_idx(raw_dir / label_name, read_label_file).long()
     if images.dim() != 3 or images.dtype != torch.uint8 or len(images) != len(labels):
         raise DataError(f"{raw_dir / image_name}: unexpected shape {tuple(images.shape)} "
                         f"for {len(labels)} labels; delete data/raw and download again.")
@@ -224,7 +228,7 @@ def load_prepared(prepared_dir: Path) -> PreparedData:
                         "(dvc repro preprocess).") from error
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as error:
         raise DataError(f"{prepared_dir}: unreadable prepared data ({error}); "
-                        "delete it and run `dvc repro preprocess`.") from error
+                        "delete the folder and run `dvc repro preprocess`.") from error
     return PreparedData(
         train=Split(splits["train"]["images"], splits["train"]["labels"]),
         test=Split(splits["test"]["images"], splits["test"]["labels"]),

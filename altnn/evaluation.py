@@ -22,7 +22,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or of another format."""
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, variant: str | None = None) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -32,6 +32,10 @@ def load_checkpoint(path: Path) -> dict:
                               "`dvc repro` to train again") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an altnn checkpoint of format {CHECKPOINT_FORMAT}; "
+                              "delete it and run `dvc repro` to train again")
+    found = checkpoint.get("model_config", {}).get("variant")
+    if variant is not None and found != variant:
+        raise CheckpointError(f"{path}: a checkpoint of variant {found!r} in the folder of {variant!r}; "
                               "delete it and run `dvc repro` to train again")
     return checkpoint
 

@@ -37,16 +37,17 @@ class RunPaths:
     """File locations of one run."""
 
     checkpoint: Path  # final weights and history, read by the evaluate stage
-    history_csv: Path  # per-epoch metrics, drawn by `dvc plots`
+    history_csv: Path  # per-epoch metrics; `dvc plots` draws every file in this folder
     summary_json: Path  # status, recipe and readout, read by the report
     resume: Path  # state after the last finished epoch; not a DVC output
 
     @classmethod
-    def for_run(cls, run: RunConfig, models_dir: Path, history_dir: Path, resume_dir: Path) -> "RunPaths":
+    def for_run(cls, run: RunConfig, models_dir: Path, history_dir: Path, summary_dir: Path,
+                resume_dir: Path) -> "RunPaths":
         return cls(
             checkpoint=models_dir / f"{run.name}.pt",
             history_csv=history_dir / f"{run.name}.csv",
-            summary_json=history_dir / f"{run.name}.json",
+            summary_json=summary_dir / f"{run.name}.json",
             resume=resume_dir / f"{run.name}.pt",
         )
 
@@ -219,7 +220,7 @@ def train_run(run: RunConfig, data: PreparedData, paths: RunPaths, tracker: Trac
         paths.resume.unlink(missing_ok=True)
         return "diverged"
     except KeyboardInterrupt:
-        tracker.end("KILLED", "interrupted; run the stage again to resume")
+        tracker.end("KILLED", "interrupted; `dvc repro` resumes from the last finished epoch")
         raise
     except BaseException as error:
         tracker.end("FAILED", f"{type(error).__name__}: {error}")

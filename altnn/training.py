@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from altnn.config import RunConfig, VariantConfig
+from altnn.config import ConfigError, RunConfig, VariantConfig
 from altnn.data import PreparedData, normalize
 from altnn.metrics import EvaluationResult, confusion_matrix, predict
 from altnn.models import build_model
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CROP_PADDING = 2  # pixels of shift for the "crop" augmentation, as in common CIFAR recipes
 ERASE_PROBABILITY = 0.5
 ERASE_AREA = (0.02, 0.33)  # fraction of the image, as torchvision's RandomErasing
+MIN_ONECYCLE_STEPS = 4
 
 
 class DivergedError(RuntimeError):
@@ -63,8 +64,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available; "
-                           "use 'auto' or 'cpu'")
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available; "
+                          "set it to 'auto' or 'cpu'")
     return device
 
 
@@ -125,9 +126,15 @@ def make_scheduler(recipe: VariantConfig, optimizer: torch.optim.Optimizer,
                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Return a per-batch schedule: none, one-cycle (peak = lr), or warm-up then cosine."""
     if recipe.schedule == "onecycle":
+        if total_steps < MIN_ONECYCLE_STEPS:
+            log.warning("one-cycle schedule needs at least %d batches, the run has %d; "
+                        "keeping the learning rate constant", MIN_ONECYCLE_STEPS, total_steps)
+            return None
+        # OneCycleLR divides by the length of each phase, so both must span over one step.
+        margin = 1.5 / total_steps
+        warmup = min(max(recipe.warmup_fraction, margin), 1.0 - margin)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=total_steps,
-            pct_start=max(recipe.warmup_fraction, 1.0 / total_steps))
+            optimizer, max_lr=recipe.lr, total_steps=total_steps, pct_start=warmup)
     if recipe.schedule == "cosine":
         warmup = int(recipe.warmup_fraction * total_steps)
 

@@ -49,5 +49,5 @@ def run_stage(main: Callable[[], None], expected_errors: tuple[type[BaseExceptio
         log.error("%s", error)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
-        log.error("interrupted; run the stage again to resume")
+        log.error("interrupted; run `dvc repro` (or this stage again) to resume from the last finished epoch")
         sys.exit(130)

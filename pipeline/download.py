@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.download", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data/raw"), help="folder for the IDX files")
     parser.add_argument("--no-download", action="store_true",
                         help="use only present files and system copies, never the mirrors")

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("variant", choices=VARIANTS, help="which network to evaluate")
     parser.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepared tensors")
     parser.add_argument("--models", type=Path, default=Path("models"), help="checkpoint folder")
@@ -37,14 +38,17 @@ def main() -> None:
     if not checkpoints:
         raise CheckpointError(f"{args.models / args.variant}: no checkpoints; run "
                               f"`dvc repro` to train {args.variant} first")
-    loaded = [load_checkpoint(path) for path in checkpoints]  # fail before changing anything
+    loaded = [load_checkpoint(path, args.variant) for path in checkpoints]  # fail before changing anything
     data = load_prepared(args.data)
 
     results = {}
     for checkpoint in loaded:
         results[checkpoint["run"]] = evaluate_checkpoint(checkpoint, data, device,
                                                          config.train.eval_batch_size)
-        log.info("%s: %s", checkpoint["run"], results[checkpoint["run"]][0])
+        summary = results[checkpoint["run"]][0]
+        log.info("%s: %s", checkpoint["run"], ", ".join(
+            f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in summary.items()))
 
     details_dir = args.metrics / "details" / args.variant
     shutil.rmtree(details_dir, ignore_errors=True)

@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.preprocess", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="folder of the IDX files")
     parser.add_argument("--out", type=Path, default=Path("data/prepared"), help="folder for the tensors")
     return parser.parse_args()

@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--metrics", type=Path, default=Path("metrics"),
-                        help="folder the train and evaluate stages write to (default: metrics)")
+                        help="folder the train and evaluate stages write to")
     parser.add_argument("--out", type=Path, default=Path("reports"),
-                        help="folder for the table, figures and HTML page (default: reports)")
+                        help="folder for the table, figures and HTML page")
     return parser.parse_args(argv)
 
 

@@ -1,6 +1,7 @@
 """DVC stage: train every run of one variant (each seed, and each step count if it spikes).
 
-Writes models/<variant>/<run>.pt and metrics/history/<variant>/<run>.{csv,json}, and logs
+Writes models/<variant>/<run>.pt, metrics/history/<variant>/<run>.csv and
+metrics/runs/<variant>/<run>.json, and logs
 one MLflow run per run. Interrupted runs resume from their last finished epoch.
 """
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("variant", choices=VARIANTS, help="which network to train")
     parser.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepared tensors")
     parser.add_argument("--models", type=Path, default=Path("models"), help="checkpoint folder")
@@ -43,12 +45,14 @@ def main() -> None:
 
     models_dir = args.models / args.variant
     history_dir = args.metrics / "history" / args.variant
-    reset_folder(models_dir)
-    reset_folder(history_dir)
+    summary_dir = args.metrics / "runs" / args.variant
+    for folder in (models_dir, history_dir, summary_dir):
+        reset_folder(folder)
     log.info("training %d run(s) of %s on %s: %s", len(runs), args.variant, device,
              ", ".join(run.name for run in runs))
     for run in runs:
-        paths = RunPaths.for_run(run, models_dir, history_dir, args.models / ".resume" / args.variant)
+        paths = RunPaths.for_run(run, models_dir, history_dir, summary_dir,
+                                 args.models / ".resume" / args.variant)
         tracker = Tracker(config.tracking.experiment)
         status = train_run(run, data, paths, tracker, device)
         log.info("%s: %s", run.name, status)

@@ -119,8 +119,22 @@ def test_metrics_and_params_commands(reproduced):
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced).stdout)
     assert "convnet-s0" in json.dumps(metrics)
     run(["dvc", "params", "diff"], reproduced)
-    plots = run(["dvc", "plots", "show", "--json"], reproduced).stdout
-    assert "metrics/history/convnet" in plots
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], reproduced).stdout)
+    assert "errors" not in plots
+    assert "metrics/history/convnet/convnet-s0.csv" in plots["data"]
+    assert "metrics/history/snn/snn-t5-s0.csv" in plots["data"]
+
+
+def test_invalid_param_keeps_recorded_results(reproduced):
+    history = reproduced / "metrics" / "history" / "convnet" / "convnet-s0.csv"
+    recorded = history.read_text()
+    result = subprocess.run(["dvc", "exp", "run", "-S", "train.epochs=0"], cwd=reproduced,
+                            env=stage_environment(reproduced), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "train.epochs: invalid value 0" in result.stdout + result.stderr
+    assert history.read_text() == recorded
+    assert (reproduced / "models" / "convnet" / "convnet-s0.pt").is_file()
+    run(["git", "checkout", "params.yaml"], reproduced)
 
 
 def test_steps_scalar_retrains_only_spiking(reproduced):

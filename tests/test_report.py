@@ -50,7 +50,7 @@ def write_summary(metrics: Path, run: str, status: str = "finished", steps: int 
                   seed: int = 0, epochs_done: int = 3, train_subset: int | None = None,
                   test_subset: int | None = None, readout: str | None = None) -> None:
     variant = run.split("-")[0]
-    folder = metrics / "history" / variant
+    folder = metrics / "runs" / variant
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"run": run, "variant": variant, "steps": steps, "seed": seed, "status": status,
                "reason": None if status == "finished" else "loss became NaN", "epochs": 3,
@@ -336,10 +336,10 @@ MALFORMED_CASES = {
                              "epoch,train_accuracy,test_accuracy\n1,0.9,high\n"),
     "repeated epoch": ("history/convnet/convnet-s0.csv",
                        "epoch,train_accuracy,test_accuracy\n1,0.9,0.8\n1,0.9,0.8\n"),
-    "unknown status": ("history/convnet/convnet-s0.json", '{"run": "convnet-s0", "status": "ok"}'),
+    "unknown status": ("runs/convnet/convnet-s0.json", '{"run": "convnet-s0", "status": "ok"}'),
     "eval without accuracy": ("eval/convnet.json", '{"convnet-s0": {"status": "finished"}}'),
-    "run in wrong folder": ("history/convnet/snn-t5-s0.json", '{"status": "finished"}'),
-    "invalid run name": ("history/convnet/convnet.json", '{"status": "finished"}'),
+    "run in wrong folder": ("runs/convnet/snn-t5-s0.json", '{"status": "finished"}'),
+    "invalid run name": ("runs/convnet/convnet.json", '{"status": "finished"}'),
 }
 
 

@@ -92,3 +92,18 @@ def test_checkpoint_of_other_format_rejected(workspace):
     assert result.returncode == 2
     assert "not an altnn checkpoint" in result.stderr
 
+
+
+def test_checkpoint_of_other_variant_rejected(workspace):
+    checkpoint = workspace / "models" / "convnet" / "snn-t5-s0.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"format": 1, "run": "snn-t5-s0", "model_config": {"variant": "snn"}}, checkpoint)
+    result = run_stage(workspace, "pipeline.evaluate", "convnet")
+    assert result.returncode == 2
+    assert "a checkpoint of variant 'snn' in the folder of 'convnet'" in result.stderr
+
+
+def test_validate_stage_writes_marker(workspace):
+    result = run_stage(workspace, "pipeline.validate")
+    assert result.returncode == 0
+    assert (workspace / "data" / "params-valid.txt").read_text() == "params.yaml is valid\n"

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from altnn.config import RunConfig, TrainConfig, VariantConfig
+from altnn.config import ConfigError, RunConfig, TrainConfig, VariantConfig
 from altnn.data import DataConfig
 from altnn.experiment import RunPaths, train_run
 from altnn.tracking import Tracker
-from altnn.training import Trainer, augment
+from altnn.training import Trainer, augment, make_optimizer, make_scheduler, resolve_device
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,8 @@ def tracker_root(tmp_path, monkeypatch):
 
 
 def run_paths(tmp_path, run):
-    return RunPaths.for_run(run, tmp_path / "models", tmp_path / "history", tmp_path / "resume")
+    return RunPaths.for_run(run, tmp_path / "models", tmp_path / "history", tmp_path / "runs",
+                            tmp_path / "resume")
 
 
 def test_augment_keeps_shape_and_is_seeded():
@@ -150,3 +151,24 @@ def test_resume_file_of_other_settings_ignored(tiny_data, tmp_path, tracker_root
     tracker = Tracker("test-study", root=tracker_root)
     assert train_run(dataclasses.replace(run), tiny_data, paths, tracker, CPU) == "finished"
     assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8, 40])
+@pytest.mark.parametrize("warmup_fraction", [0.0, 0.1, 0.25, 0.9])
+def test_onecycle_handles_few_batches(total_steps, warmup_fraction):
+    model = torch.nn.Linear(2, 1)
+    recipe = VariantConfig(optimizer="adam", lr=1e-2, schedule="onecycle", warmup_fraction=warmup_fraction)
+    optimizer = make_optimizer(recipe, model)
+    scheduler = make_scheduler(recipe, optimizer, total_steps)
+    for _ in range(total_steps):
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    assert optimizer.param_groups[0]["lr"] <= 1e-2
+
+
+def test_cuda_device_without_cuda_is_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device is 'cuda' but CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == CPU

@@ -4,7 +4,7 @@ Reads the files under a metrics folder, any of which may be missing:
 
 - `history/<variant>/<run>.csv`: one row per finished epoch, with at least `epoch`
   (1-based), `train_accuracy` and `test_accuracy` as fractions in [0, 1].
-- `history/<variant>/<run>.json`: the run summary (status, epochs, recipe, readout,
+- `runs/<variant>/<run>.json`: the run summary (status, epochs, recipe, readout,
   data subsets).
 - `eval/<variant>.json`: final accuracies, tie rate, operation counts and energy
   estimates, keyed by run name.
@@ -125,6 +125,10 @@ def parse_run_name(name: str, path: Path) -> tuple[str, int | None, int]:
     return variant, steps, int(match["seed"])
 
 
+def _variant_dirs(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+
+
 def load_runs(metrics_dir: Path | str) -> list[RunRecord]:
     """Read and validate every run under a metrics folder, in table order.
 
@@ -133,12 +137,11 @@ def load_runs(metrics_dir: Path | str) -> list[RunRecord]:
     metrics_dir = Path(metrics_dir)
     runs: dict[str, RunRecord] = {}
 
-    history_dir = metrics_dir / "history"
-    variant_dirs = sorted(p for p in history_dir.iterdir() if p.is_dir()) if history_dir.is_dir() else []
-    for variant_dir in variant_dirs:
+    for variant_dir in _variant_dirs(metrics_dir / "runs"):
         for path in sorted(variant_dir.glob("*.json")):
             run = _get_run(runs, path.stem, variant_dir.name, path)
             run.summary = _load_summary(path, run)
+    for variant_dir in _variant_dirs(metrics_dir / "history"):
         for path in sorted(variant_dir.glob("*.csv")):
             run = _get_run(runs, path.stem, variant_dir.name, path)
             run.history = _load_history(path)

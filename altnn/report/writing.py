@@ -63,6 +63,7 @@ def write_reports(runs: Sequence[RunRecord], out_dir: Path | str) -> list[Path]:
 
     rows = build_comparison(runs)
     staging = Path(tempfile.mkdtemp(prefix=f".{FIGURES_DIR}-new-", dir=out_dir))
+    staging.chmod(0o755)  # mkdtemp creates folders as 0700, which hides the figures from others
     try:
         figure_names = render_figures(runs, staging)
         figures = [(name, (staging / name).read_bytes()) for name in figure_names]
