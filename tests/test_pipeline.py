@@ -134,7 +134,7 @@ def test_invalid_param_keeps_recorded_results(reproduced):
     assert "train.epochs: invalid value 0" in result.stdout + result.stderr
     assert history.read_text() == recorded
     assert (reproduced / "models" / "convnet" / "convnet-s0.pt").is_file()
-    run(["git", "checkout", "params.yaml"], reproduced)
+    run(["git", "checkout", "HEAD", "--", "params.yaml"], reproduced)  # DVC staged the edit
 
 
 def test_steps_scalar_retrains_only_spiking(reproduced):
