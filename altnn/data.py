@@ -1,9 +1,9 @@
 """Fashion-MNIST: acquiring the four IDX files, decoding them, and preparing tensors.
 
-Sources, tried in order for each file: a verified copy already in the raw folder; a
-system copy (Debian's `dataset-fashion-mnist` installs gzipped files under
-/usr/share/datasets/fashion-mnist); the official mirrors, through torchvision's
-downloader. Every file is verified by the MD5 of its decompressed content, because
+Each file comes from the first source that has a verified copy. The sources are the
+raw folder itself, then a system copy (Debian's `dataset-fashion-mnist` installs gzipped
+files under /usr/share/datasets/fashion-mnist), then the official mirrors through
+torchvision's downloader. Every file is verified by the MD5 of its decompressed content, because
 recompressed copies differ in their .gz bytes but not in the IDX content.
 """
 
@@ -176,8 +176,8 @@ def read_split(raw_dir: Path, split: str) -> Split:
 def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     """Pick `size` indices with classes as equal as possible, the same for a given seed.
 
-    Each class gets size // 10 images and the first size % 10 classes one more; within a
-    class the images are a seeded random draw. Indices come back sorted.
+    Each class gets size // 10 images, and the first size % 10 classes get one more.
+    Within a class the images are a seeded random draw. Indices come back sorted.
     """
     if size > len(labels):
         raise ValueError(f"subset of {size} images requested from a split of {len(labels)}")

@@ -11,7 +11,7 @@ def predict(logits: torch.Tensor,
 
     A prediction is tied when several classes share the top logit, which spike counts
     do often at few time steps. Among the tied classes the one with the highest
-    `tie_scores` wins; without tie scores, or if those tie too, the lowest class index
+    `tie_scores` wins. Without tie scores, or if those tie too, the lowest class index
     wins, as `argmax` does.
     """
     top = logits.max(dim=1, keepdim=True).values

@@ -3,7 +3,8 @@
 The store is `MLFLOW_TRACKING_URI` when set, otherwise a SQLite database at the
 repository root with artifacts beside it. The root is `DVC_ROOT` when DVC sets it,
 because `dvc exp run --temp` and queued experiments run in a copy under `.dvc/tmp/exps`
-that is deleted afterwards; otherwise it is the git top level, else the working folder.
+that is deleted afterwards. Otherwise the root is the git top level, else the working
+folder.
 """
 
 import contextlib

@@ -25,7 +25,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-# Pinned because these builds are known to work together; pip takes them from a local
+# Pinned because these builds are known to work together. pip takes them from a local
 # wheel cache where one is configured, otherwise from PyPI (several GB with CUDA).
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install --quiet -e ".${extras}"

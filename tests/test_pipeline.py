@@ -137,7 +137,7 @@ def test_steps_scalar_retrains_only_spiking(reproduced):
     assert sum("not trained" in row for row in snn_rows) == 3
 
 
-def test_queued_grid_runs_two_at_once_and_logs_to_root(reproduced):
+def test_queued_grid_logs_to_root(reproduced):
     run(["dvc", "exp", "run", "--queue", "-S", "steps=2,3"], reproduced)
     run(["dvc", "queue", "start", "-j", "2"], reproduced)
     deadline = time.monotonic() + 900

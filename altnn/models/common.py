@@ -61,7 +61,7 @@ class Head(nn.Module):
     """The study's classifier: 2304 -> 600 -> dropout -> 120 -> 10.
 
     The study puts no activation between the linear layers, so the three collapse into
-    one affine map at inference; `activation="relu"` adds one after each hidden layer.
+    one affine map at inference. `activation="relu"` adds one after each hidden layer.
     """
 
     def __init__(self, dropout: float, activation: str = "none") -> None:
