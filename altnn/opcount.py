@@ -109,7 +109,7 @@ def count_operations(model: nn.Module, images: torch.Tensor) -> OperationCount:
         def hook(module, inputs, output):
             layer = counts.layers.setdefault(name, LayerCount(kind=kind))
             x = inputs[0]
-            if name_is_not_first(name) and _is_binary(x):
+            if may_carry_spikes(name) and _is_binary(x):
                 layer.input = "spikes"
                 layer.synaptic_ops += _spike_reach(module, x)
             elif kind == "adder":
@@ -119,9 +119,12 @@ def count_operations(model: nn.Module, images: torch.Tensor) -> OperationCount:
         return hook
 
     first_layer = next((name for name, module in model.named_modules() if _layer_kind(module)), None)
+    # Only spiking models (those with time steps) feed layers with spikes. A non-spiking
+    # layer does its dense work even when, say, an untrained ReLU outputs only zeros.
+    spiking = getattr(model, "steps", None) is not None
 
-    def name_is_not_first(name: str) -> bool:
-        return name != first_layer  # the image is never spikes, even if a test image were binary
+    def may_carry_spikes(name: str) -> bool:
+        return spiking and name != first_layer  # the image itself is never spikes
 
     for name, module in model.named_modules():
         kind = _layer_kind(module)
