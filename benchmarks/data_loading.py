@@ -4,10 +4,14 @@ Run from the repository root after `dvc repro preprocess`:
 
     python -m benchmarks.data_loading [--batches 100]
 
-It times, in one process on the same batches, (a) building a batch the way the trainer
-does (index the normalized in-memory tensor, then augment), (b) a whole training step of
-the ConvNet including (a), and (c) building a batch with torchvision's FashionMNIST
-dataset, PIL transforms and a DataLoader, the usual route. The target is (a) under 5% of (b).
+It times three things in one process on the same batches:
+
+- (a) building a batch the way the trainer does: index the normalized in-memory tensor,
+  then augment;
+- (b) a whole ConvNet training step, including (a);
+- (c) building a batch with torchvision's dataset, PIL transforms and a DataLoader.
+
+The target is (a) under 5% of (b).
 """
 
 import argparse

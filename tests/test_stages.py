@@ -70,9 +70,15 @@ def test_evaluate_without_checkpoints(workspace):
     assert "models/snn: no checkpoints" in result.stderr
 
 
+def convnet_checkpoint(workspace: Path, run_name: str = "convnet-s0") -> Path:
+    """Return a checkpoint path in the ConvNet's model folder, creating the folder."""
+    folder = workspace / "models" / "convnet"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{run_name}.pt"
+
+
 def test_corrupt_checkpoint_keeps_recorded_metrics(workspace):
-    checkpoint = workspace / "models" / "convnet" / "convnet-s0.pt"
-    checkpoint.parent.mkdir(parents=True)
+    checkpoint = convnet_checkpoint(workspace)
     checkpoint.write_bytes(b"not a checkpoint")
     details = workspace / "metrics" / "details" / "convnet" / "convnet-s0.json"
     details.parent.mkdir(parents=True)
@@ -85,18 +91,15 @@ def test_corrupt_checkpoint_keeps_recorded_metrics(workspace):
 
 
 def test_checkpoint_of_other_format_rejected(workspace):
-    checkpoint = workspace / "models" / "convnet" / "convnet-s0.pt"
-    checkpoint.parent.mkdir(parents=True)
+    checkpoint = convnet_checkpoint(workspace)
     torch.save({"state_dict": {}}, checkpoint)
     result = run_stage(workspace, "pipeline.evaluate", "convnet")
     assert result.returncode == 2
     assert "not an altnn checkpoint" in result.stderr
 
 
-
 def test_checkpoint_of_other_variant_rejected(workspace):
-    checkpoint = workspace / "models" / "convnet" / "snn-t5-s0.pt"
-    checkpoint.parent.mkdir(parents=True)
+    checkpoint = convnet_checkpoint(workspace, "snn-t5-s0")
     torch.save({"format": 1, "run": "snn-t5-s0", "model_config": {"variant": "snn"}}, checkpoint)
     result = run_stage(workspace, "pipeline.evaluate", "convnet")
     assert result.returncode == 2
