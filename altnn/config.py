@@ -56,7 +56,7 @@ class TrainConfig:
 
     epochs: int = _spec(12, "int", low=1, high=10_000)
     batch_size: int = _spec(64, "int", low=1, high=65_536)
-    eval_batch_size: int = _spec(1000, "int", low=1, high=65_536)
+    eval_batch_size: int = _spec(64, "int", low=1, high=65_536)
     device: str = _spec("auto", "device")
 
 

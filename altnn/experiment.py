@@ -67,19 +67,15 @@ def fingerprint(run: RunConfig) -> str:
     return hashlib.sha256((settings + source_digest()).encode()).hexdigest()
 
 
-def load_resume_state(path: Path, expected: str) -> dict | None:
-    """Return the saved state if it belongs to this exact run, else None."""
+def read_resume_file(path: Path) -> dict | None:
+    """Return the saved state in `path`, or None when there is none or it cannot be read."""
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         log.warning("%s: unreadable resume file (%s); starting the run afresh", path, error)
         return None
-    if state.get("fingerprint") != expected:
-        log.info("%s: made by other settings or code; starting the run afresh", path)
-        return None
-    return state
 
 
 class LogitsOnly(nn.Module):
@@ -182,7 +178,13 @@ def train_run(run: RunConfig, data: PreparedData, paths: RunPaths, tracker: Trac
     """Train (or resume) one run and record it; return its status: finished or diverged."""
     trainer = Trainer(run, data, device)
     recorder = RunRecorder(run, paths, tracker, trainer)
-    state = load_resume_state(paths.resume, recorder.fingerprint)
+    saved = read_resume_file(paths.resume)
+    state = saved if saved is not None and saved.get("fingerprint") == recorder.fingerprint else None
+    if saved is not None and state is None:
+        log.info("%s: made by other settings or code; starting the run afresh", paths.resume)
+        # A run killed without a chance to end stays RUNNING in MLflow; it will never resume.
+        tracker.end_abandoned(saved.get("mlflow_run_id"),
+                              "abandoned: the settings or the code changed before it resumed")
     if state is not None:
         trainer.load_state_dict(state["trainer"])
         log.info("%s: resuming after epoch %d of %d", run.name, trainer.epochs_done, run.train.epochs)
@@ -210,7 +212,8 @@ def train_run(run: RunConfig, data: PreparedData, paths: RunPaths, tracker: Trac
                                    run.train.eval_batch_size)
         recorder.write_outputs("finished", None)
         recorder.log_final(test_result)
-        example = trainer.test_images[:1].cpu().numpy()
+        # Two images, so the exported graph keeps a dynamic batch size instead of 1.
+        example = trainer.test_images[:2].cpu().numpy()
         tracker.log_model(LogitsOnly(trainer.model).cpu().eval(), example)
         tracker.end("FINISHED")
     except DivergedError as error:

@@ -61,6 +61,25 @@ def git_commit(root: Path) -> str | None:
         return None
 
 
+# DVC writes these, and MLflow records the parameters anyway.
+DIRTY_CHECK_IGNORES = ("params.yaml", "dvc.lock")
+
+
+def git_dirty(folder: Path) -> bool | None:
+    """Return whether tracked files in `folder`'s git work tree differ from HEAD.
+
+    params.yaml and dvc.lock are left out: `dvc exp run -S` edits the first and every stage
+    rewrites the second. Returns None outside a git work tree or without git.
+    """
+    excludes = [f":(top,exclude){name}" for name in DIRTY_CHECK_IGNORES]
+    try:
+        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                 *excludes], cwd=folder, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(result.stdout.strip())
+
+
 @contextlib.contextmanager
 def store_lock(root: Path) -> Iterator[None]:
     """Serialise store creation between processes: two first runs would both migrate it."""
@@ -139,6 +158,11 @@ class Tracker:
         if commit:
             merged["git_commit"] = commit
             merged["mlflow.source.git.commit"] = commit
+        # The code that runs is in the working folder, which differs from the root in DVC's
+        # queued runs.
+        dirty = git_dirty(Path.cwd())
+        if dirty is not None:
+            merged["git_dirty"] = str(dirty).lower()
         if os.environ.get("DVC_EXP_NAME"):
             merged["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
         return merged
@@ -162,6 +186,16 @@ class Tracker:
             mlflow.pytorch.log_model(model, name="model", input_example=input_example,
                                      pip_requirements=_pip_requirements(),
                                      code_paths=[str(Path(__file__).parent)])
+
+    def end_abandoned(self, run_id: str | None, reason: str) -> None:
+        """Mark another run of this experiment KILLED with `reason` if it is still RUNNING."""
+        if not run_id or not self._exists(run_id):
+            return
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        _retry(self.client.set_tag, run_id, "altnn.end_reason", reason[:MAX_PARAM_LENGTH])
+        _retry(self.client.set_terminated, run_id, status="KILLED")
+        log.info("MLflow run %s was left RUNNING; marked KILLED (%s)", run_id, reason)
 
     def end(self, status: str, reason: str | None = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, with the reason as a tag."""

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from altnn.report import ReportInputError, build_comparison, load_runs
+from altnn.report.table import describe_recipe
 from altnn.study import PUBLISHED_RESULTS, PUBLISHED_TEST_CURVES, find_published_result
 from pipeline import report as stage
 
@@ -248,6 +249,27 @@ def test_subset_run_is_flagged(built):
     assert "**Warning: Some rows used a data subset" in markdown
     page = (built["out"] / "index.html").read_text(encoding="utf-8")
     assert 'class="warning"' in page
+
+
+def test_subset_row_omits_difference(tmp_path):
+    metrics = tmp_path / "metrics"
+    write_history(metrics, "convnet-s0", [0.80, 0.85], [0.78, 0.84])
+    write_summary(metrics, "convnet-s0", epochs_done=2, train_subset=1000, test_subset=500)
+    write_eval(metrics, "convnet", {"convnet-s0": finished_eval(0.85, 0.84)})
+    row = find_row(build_comparison(load_runs(metrics)), "convnet", None)
+    assert row["test_pct"] == pytest.approx(84.0)
+    assert row["published_test_pct"] == pytest.approx(90.72)
+    assert row["test_diff_pp"] is None
+
+
+def test_recipe_omits_inactive_settings():
+    adam = {"optimizer": "adam", "lr": 0.001, "momentum": 0.9, "schedule": "none",
+            "warmup_fraction": 0.25, "augment": []}
+    assert describe_recipe(adam) == "optimizer=adam; lr=0.001; schedule=none; augment=none"
+    sgd = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "schedule": "cosine",
+           "warmup_fraction": 0.1}
+    assert describe_recipe(sgd) == ("optimizer=sgd; lr=0.1; momentum=0.9; schedule=cosine; "
+                                    "warmup_fraction=0.1")
 
 
 def test_markdown_has_header_and_notes(built):

@@ -58,6 +58,15 @@ def test_malformed_yaml_named(workspace):
     assert "params.yaml: not valid YAML" in result.stderr
 
 
+def test_duplicate_key_rejected(workspace):
+    text = (workspace / "params.yaml").read_text()
+    (workspace / "params.yaml").write_text(text.replace("snn:\n", "snn:\n  lr: 0.5\n", 1))
+    result = run_stage(workspace, "pipeline.validate")
+    assert result.returncode == 2
+    assert "the key 'lr' appears twice" in result.stderr
+    assert not (workspace / "data" / "params-valid.txt").exists()
+
+
 def test_missing_prepared_data_names_stage(workspace):
     result = run_stage(workspace, "pipeline.train", "convnet")
     assert result.returncode == 2

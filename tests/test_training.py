@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import subprocess
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from altnn.config import ConfigError, RunConfig, TrainConfig, VariantConfig
 from altnn.data import DataConfig
 from altnn.experiment import RunPaths, train_run
-from altnn.tracking import Tracker
+from altnn.tracking import Tracker, git_dirty
 from altnn.training import Trainer, augment, make_optimizer, make_scheduler, resolve_device
 
 CPU = torch.device("cpu")
@@ -80,6 +81,7 @@ def test_finished_run_records_everything(tiny_data, tmp_path, tracker_root):
     assert record.info.status == "FINISHED"
     assert record.data.tags["variant"] == "convnet"
     assert record.data.params["lr"] == "0.002"
+    assert record.data.tags["git_dirty"] in ("true", "false")
     history = client.get_metric_history(tracker.run_id, "test_accuracy")
     assert sorted(metric.step for metric in history) == [1, 2]
     assert "final_test_accuracy" in record.data.metrics
@@ -90,6 +92,26 @@ def test_finished_run_records_everything(tiny_data, tmp_path, tracker_root):
     assert not paths.resume.exists()
     experiment = client.get_experiment(tracker.experiment_id)
     assert experiment.artifact_location == (tracker_root / "mlartifacts").as_uri()
+
+
+def test_git_dirty_ignores_params_file(tmp_path):
+    def git(*arguments):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *arguments],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    (tmp_path / "params.yaml").write_text("steps: 5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "keep").write_text("")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    assert git_dirty(tmp_path / "sub") is False
+    (tmp_path / "params.yaml").write_text("steps: 20\n")
+    (tmp_path / "notes.txt").write_text("untracked")
+    assert git_dirty(tmp_path / "sub") is False
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert git_dirty(tmp_path / "sub") is True
 
 
 def test_diverged_run_marked_failed(tiny_data, tmp_path, tracker_root, monkeypatch):
@@ -151,6 +173,24 @@ def test_resume_file_of_other_settings_ignored(tiny_data, tmp_path, tracker_root
     tracker = Tracker("test-study", root=tracker_root)
     assert train_run(dataclasses.replace(run), tiny_data, paths, tracker, CPU) == "finished"
     assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_abandoned_run_marked_killed(tiny_data, tmp_path, tracker_root):
+    """A SIGKILLed run stays RUNNING; starting afresh under new settings closes it."""
+    run = make_run(epochs=1)
+    paths = run_paths(tmp_path, run)
+    tracker = Tracker("test-study", root=tracker_root)
+    left_running = tracker.start(run.name, {}, {})
+    paths.resume.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "older settings", "mlflow_run_id": left_running, "trainer": {}},
+               paths.resume)
+
+    tracker = Tracker("test-study", root=tracker_root)
+    assert train_run(run, tiny_data, paths, tracker, CPU) == "finished"
+    assert tracker.run_id != left_running
+    abandoned = tracker.client.get_run(left_running)
+    assert abandoned.info.status == "KILLED"
+    assert abandoned.data.tags["altnn.end_reason"].startswith("abandoned")
 
 
 @pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8, 40])

@@ -175,6 +175,10 @@ def _input_grad_compiled(xcol: Tensor, weight: Tensor, grad_out: Tensor) -> Tens
 
 def _run_compile_check(device: torch.device) -> None:
     """Compile both kernels and run them once on ``device``."""
+    if device.type == "cpu":
+        # Inductor imports cpp_extension, which warns on every CPU-only machine that it
+        # found no CUDA runtime. The CPU kernels do not use CUDA.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     # With dynamic shapes, inductor decides loop parallelisation from the
     # sizes seen at compile time, so these are typical layer sizes. All are
     # above 1 and distinct, which keeps the graphs free of size-1

@@ -47,14 +47,30 @@ def _status_text(runs: Sequence[RunRecord]) -> str:
     return "mixed: " + ", ".join(f"{count} {status}" for status, count in present.items())
 
 
+def _inactive_keys(recipe: dict[str, Any]) -> set[str]:
+    """Return the recipe keys that have no effect with the recipe's optimizer and schedule."""
+    inactive = set()
+    if recipe.get("optimizer") not in (None, "sgd"):
+        inactive.add("momentum")  # Adam and AdamW take no momentum setting
+    if recipe.get("schedule") == "none":
+        inactive.add("warmup_fraction")
+    return inactive
+
+
 def describe_recipe(recipe: dict[str, Any] | None) -> str:
-    """Format a recipe as `key=value` pairs in file order, such as `optimizer=adam; lr=0.001`."""
+    """Format a recipe as `key=value` pairs in file order, such as `optimizer=adam; lr=0.001`.
+
+    Settings that do nothing with the chosen optimizer or schedule are left out.
+    """
     if not recipe:
         return ""
+    inactive = _inactive_keys(recipe)
     parts = []
     for key, value in recipe.items():
+        if key in inactive:
+            continue
         if isinstance(value, (list, tuple)):
-            value = ",".join(str(item) for item in value)
+            value = ",".join(str(item) for item in value) or "none"
         elif isinstance(value, float):
             value = f"{value:g}"
         parts.append(f"{key}={value}")
@@ -129,6 +145,7 @@ def _build_row(variant: str, steps: int | None, runs: Sequence[RunRecord]) -> di
     best_epoch, best_test = _best_test_epoch(finished)
     evaluations = [run.evaluation or {} for run in finished]
     tie_rate = _mean(entry.get("test_tie_rate") for entry in evaluations)
+    on_subset = any(run.uses_subset for run in finished)
 
     return {
         "variant": variant,
@@ -141,8 +158,10 @@ def _build_row(variant: str, steps: int | None, runs: Sequence[RunRecord]) -> di
         "test_pct_std": _round(test_std),
         "published_train_pct": published.train_accuracy if published else None,
         "published_test_pct": published.test_accuracy if published else None,
+        # A subset run is not comparable with the published full-data run.
         "test_diff_pp": _round(test_mean - published.test_accuracy
-                               if published and test_mean is not None else None),
+                               if published and test_mean is not None and not on_subset
+                               else None),
         "final_gap_pp": _round(final_gap),
         "published_gap_pp": _round(published.gap) if published else None,
         "gap_change_pp": _round(_mean(_history_gap_change(run) for run in finished)),
@@ -237,7 +256,8 @@ NOTES = (
     ("Train % and Test %: mean over the finished seeds, ± the sample standard deviation "
      "when more than one seed finished. Diverged and incomplete seeds are left out of "
      "every number and counted in Status."),
-    ("Δ test: our test accuracy minus the published one. Final gap: train minus test "
+    ("Δ test: our test accuracy minus the published one, left empty for rows trained or "
+     "tested on a subset. Final gap: train minus test "
      "accuracy at the final epoch. Gap change: the final-epoch gap minus the first-epoch "
      "gap in the training history, so a positive value means the gap grew."),
     ("Best test epoch: the epoch with the highest seed-mean test accuracy in the training "
