@@ -20,6 +20,7 @@ SCHEDULES = ("none", "onecycle", "cosine")
 AUGMENTATIONS = ("flip", "crop", "erase")
 ACTIVATIONS = ("none", "relu")
 READOUTS = ("spike_count", "membrane")
+SPIKE_ADDER_WEIGHTS = ("normal", "unit_interval")
 DEVICES = ("auto", "cpu", "cuda")
 
 MAX_STEPS = 1000
@@ -71,8 +72,9 @@ class TrackingConfig:
 class VariantConfig:
     """One variant's training recipe and model options.
 
-    Recipe keys apply to every variant; `eta` only to adder variants; the neuron and
-    readout keys only to spiking variants (see `allowed_variant_keys`).
+    Recipe keys apply to every variant, `eta` only to adder variants, the neuron and
+    readout keys only to spiking variants, and `spike_adder_weights` only to the spiking
+    AdderNet (see `allowed_variant_keys`).
     """
 
     optimizer: str = _spec("adam", "choice", choices=OPTIMIZERS)
@@ -92,12 +94,14 @@ class VariantConfig:
     learn_threshold: bool = _spec(True, "bool")
     surrogate_slope: float = _spec(25.0, "float", low=0.0, high=1000.0, low_open=True)
     readout: str = _spec("spike_count", "choice", choices=READOUTS)
+    spike_adder_weights: str = _spec("normal", "choice", choices=SPIKE_ADDER_WEIGHTS)
 
 
 RECIPE_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "schedule", "warmup_fraction",
                "label_smoothing", "augment", "head_activation", "dropout")
 ADDER_KEYS = ("eta",)
 SPIKING_KEYS = ("beta", "learn_beta", "threshold", "learn_threshold", "surrogate_slope", "readout")
+SPIKING_ADDER_KEYS = ("spike_adder_weights",)
 
 
 def allowed_variant_keys(variant: str) -> tuple[str, ...]:
@@ -107,6 +111,8 @@ def allowed_variant_keys(variant: str) -> tuple[str, ...]:
         keys += ADDER_KEYS
     if variant in SPIKING_VARIANTS:
         keys += SPIKING_KEYS
+    if variant in SPIKING_VARIANTS and variant in ADDER_VARIANTS:
+        keys += SPIKING_ADDER_KEYS
     return keys
 
 
@@ -125,6 +131,7 @@ class ModelConfig:
     learn_threshold: bool = True
     surrogate_slope: float = 25.0
     readout: str = "spike_count"
+    spike_adder_weights: str = "normal"
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,9 @@ class Trainer:
         self.background = (0.0 - data.mean) / data.std  # a black pixel after normalization
         self.batches_per_epoch = math.ceil(len(self.train_labels) / run.train.batch_size)
         self.optimizer = make_optimizer(run.recipe, self.model)
+        # Layers whose weights must stay in a set, projected back after every step.
+        self.constrained_modules = [module for module in self.model.modules()
+                                    if hasattr(module, "apply_constraint_")]
         self.scheduler = make_scheduler(run.recipe, self.optimizer,
                                         self.batches_per_epoch * run.train.epochs)
         self.shuffle_generator = torch.Generator().manual_seed(run.seed)
@@ -248,6 +251,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            for module in self.constrained_modules:
+                module.apply_constraint_()
             if self.scheduler is not None:
                 self.scheduler.step()
             total += value

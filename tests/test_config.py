@@ -62,6 +62,7 @@ def test_numeric_string_from_yaml_is_a_number():
     ("data__std", 0, "data.std: invalid value 0"),
     ("snn__readout", "rate", "snn.readout: invalid value 'rate'"),
     ("snn__learn_beta", "yes", "snn.learn_beta: invalid value 'yes'"),
+    ("snn_adder__spike_adder_weights", "zeros", "snn_adder.spike_adder_weights: invalid value 'zeros'"),
     ("steps", [5, 5], "steps: invalid value [5, 5]"),
     ("steps", 0, "steps: invalid value 0"),
     ("seeds", "abc", "seeds: invalid value 'abc'"),
@@ -73,8 +74,9 @@ def test_invalid_value_named_in_error(key, value, expected):
 
 
 def test_unknown_keys_list_allowed_keys():
-    message = error_of(params_with(convnet__eta=0.2, train__epoch=3))
+    message = error_of(params_with(convnet__eta=0.2, train__epoch=3, snn__spike_adder_weights="unit_interval"))
     assert "convnet.eta: unknown key" in message
+    assert "snn.spike_adder_weights: unknown key" in message
     assert "train.epoch: unknown key" in message
     assert "allowed keys: epochs" in message
 

@@ -131,6 +131,45 @@ def test_spike_adder_module_matches_adder2d():
     assert_close(spiking(spikes), general(spikes), "SpikeAdder2d forward")
 
 
+def test_spike_adder_unit_interval_weights():
+    layer = SpikeAdder2d(32, 64, 3, weights="unit_interval")
+    assert layer.weight.min() >= 0
+    assert layer.weight.max() <= 1
+    assert layer.weight.std() > 0.2
+    with torch.no_grad():
+        layer.weight[0, 0] = torch.tensor([[-0.5, 0.3, 1.7]] * 3)
+    layer.apply_constraint_()
+    assert layer.weight[0, 0, 0].tolist() == pytest.approx([0.0, 0.3, 1.0])
+
+
+def test_spike_adder_normal_weights_stay_free():
+    layer = SpikeAdder2d(32, 64, 3)
+    assert layer.weight.min() < -1
+    before = layer.weight.clone()
+    layer.apply_constraint_()
+    assert torch.equal(layer.weight, before)
+    with pytest.raises(ValueError, match="unknown spike adder weights 'zeros'"):
+        SpikeAdder2d(3, 6, 3, weights="zeros")
+
+
+def test_spike_adder_weight_outside_unit_interval_is_constant():
+    """On spikes, pushing weights beyond [0, 1] leaves the batch-normalized output unchanged."""
+    torch.manual_seed(0)
+    layer = SpikeAdder2d(4, 5, 3, padding=1, weights="unit_interval")
+    moved = SpikeAdder2d(4, 5, 3, padding=1)
+    with torch.no_grad():
+        moved.weight.copy_(layer.weight)
+        moved.weight[:, :2] += 3.0  # weights in [3, 4]
+        moved.weight[:, 2:] -= 2.0  # weights in [-2, -1]
+        layer.weight[:, :2] = 1.0  # the ends of [0, 1] nearest to them
+        layer.weight[:, 2:] = 0.0
+    norm = torch.nn.BatchNorm2d(5)
+    spikes = (torch.rand(8, 4, 6, 6) < 0.4).float()
+    difference = moved(spikes) - layer(spikes)
+    assert difference.std(dim=(0, 2, 3)).max() < 1e-4
+    assert_close(norm(moved(spikes)), norm(layer(spikes)), "normalized output")
+
+
 def test_spike_adder_rejects_bad_shapes():
     with pytest.raises(ValueError, match="4-D input"):
         spike_adder2d(torch.zeros(3, 9, 9), torch.zeros(5, 3, 3, 3))
@@ -383,13 +422,15 @@ def test_model_rejects_bad_config():
 
 
 def test_snn_adder_layers():
-    model = make_model("snn_adder", 2, eta=0.5)
+    model = make_model("snn_adder", 2, eta=0.5, spike_adder_weights="unit_interval")
     assert isinstance(model, SNNAdder)
     assert type(model.block1.layer) is Adder2d
     assert isinstance(model.block2.layer, SpikeAdder2d)
     assert model.block2.layer.weight.shape == (64, 32, 3, 3)
     assert model.block1.layer.eta == 0.5
     assert model.block2.layer.eta == 0.5
+    assert model.block2.layer.weight.min() >= 0
+    assert model.block1.layer.weight.min() < 0  # the image adder keeps N(0, 1)
 
 
 # ---------------------------------------------------------------------------

@@ -70,6 +70,22 @@ def test_resumed_training_equals_uninterrupted(tiny_data):
         assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
+def test_spike_adder_weights_stay_in_unit_interval(tiny_data):
+    recipe = VariantConfig(optimizer="adam", lr=0.05, readout="membrane",
+                           spike_adder_weights="unit_interval")
+    run = RunConfig("snn_adder", 2, 0, recipe, TrainConfig(epochs=1, batch_size=64, eval_batch_size=256),
+                    DataConfig(train_subset=512, test_subset=200))
+    trainer = Trainer(run, tiny_data, CPU)
+    weight = trainer.model.block2.layer.weight
+    before = weight.detach().clone()
+    trainer.train_epoch()
+    assert not torch.equal(weight, before)
+    assert weight.min() >= 0
+    assert weight.max() <= 1
+    # The large learning rate pushes some weights onto the ends of [0, 1].
+    assert ((weight == 0) | (weight == 1)).any()
+
+
 def test_finished_run_records_everything(tiny_data, tmp_path, tracker_root):
     run = make_run(epochs=2)
     paths = run_paths(tmp_path, run)

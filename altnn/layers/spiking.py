@@ -185,10 +185,34 @@ def spike_adder2d(spikes: Tensor, weight: Tensor, stride: int = 1, padding: int 
 class SpikeAdder2d(Adder2d):
     """`Adder2d` for binary inputs, computed as a convolution by `spike_adder2d`.
 
-    Parameters, initialisation, `eta` and the state dict are those of `Adder2d`, so the
-    general layer's forward (`Adder2d.forward(layer, x)`) gives the same output on
-    spikes.
+    Parameters, `eta` and the state dict are those of `Adder2d`, so the general layer's
+    forward (`Adder2d.forward(layer, x)`) gives the same output on spikes.
+
+    `weights` chooses how the weights start and where they may go. "normal" draws N(0, 1)
+    as `Adder2d` does and leaves them free. "unit_interval" draws U(0, 1) and keeps them
+    in [0, 1]: the training loop calls `apply_constraint_` after every optimizer step.
+    For s in {0, 1} and w outside [0, 1], |s - w| = |s - c| + |w - c| with c the nearest
+    end of [0, 1], so such a weight acts as c plus a constant shift of its output channel.
+    BatchNorm removes that shift, so the projection loses nothing, while a free weight
+    outside [0, 1] changes nothing the next layer sees until it comes back. About 66% of
+    N(0, 1) draws fall outside [0, 1].
     """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, eta: float | None = 0.2, weights: str = "normal") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, eta)
+        if weights not in ("normal", "unit_interval"):
+            raise ValueError(f"unknown spike adder weights {weights!r}: "
+                             "expected 'normal' or 'unit_interval'")
+        self.weights = weights
+        if weights == "unit_interval":
+            nn.init.uniform_(self.weight, 0.0, 1.0)
+
+    @torch.no_grad()
+    def apply_constraint_(self) -> None:
+        """Project the weights back onto [0, 1] when `weights` is "unit_interval"."""
+        if self.weights == "unit_interval":
+            self.weight.clamp_(0.0, 1.0)
 
     def forward(self, spikes: Tensor) -> Tensor:
         return spike_adder2d(spikes, self.weight, self.stride, self.padding, self.eta)

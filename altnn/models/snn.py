@@ -178,8 +178,8 @@ class SNNAdder(SpikingNet):
 
     Block 1 is an `Adder2d` on the real-valued image. Block 2's input is the spike train
     of lif1, so it is binary, and block 2 is a `SpikeAdder2d`: the same layer computed as
-    a convolution, with its own (64, 32, 3, 3) weight, initialised and rescaled (`eta`)
-    as `Adder2d`.
+    a convolution, with its own (64, 32, 3, 3) weight, rescaled (`eta`) as `Adder2d` and
+    initialised and bounded as `spike_adder_weights` says.
 
     AdderNet's adaptive scaling (`eta`) sets the norm of a layer's weight gradient per
     training step. Each adder layer here runs once per forward pass over all T steps, so
@@ -194,5 +194,6 @@ class SNNAdder(SpikingNet):
             Adder2d(arch.IN_CHANNELS, arch.BLOCK1_CHANNELS, arch.KERNEL_SIZE,
                     padding=arch.BLOCK1_PADDING, eta=config.eta),
             SpikeAdder2d(arch.BLOCK1_CHANNELS, arch.BLOCK2_CHANNELS, arch.KERNEL_SIZE,
-                         padding=arch.BLOCK2_PADDING, eta=config.eta),
+                         padding=arch.BLOCK2_PADDING, eta=config.eta,
+                         weights=config.spike_adder_weights),
         )
