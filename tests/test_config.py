@@ -74,7 +74,8 @@ def test_invalid_value_named_in_error(key, value, expected):
 
 
 def test_unknown_keys_list_allowed_keys():
-    message = error_of(params_with(convnet__eta=0.2, train__epoch=3, snn__spike_adder_weights="unit_interval"))
+    message = error_of(params_with(convnet__eta=0.2, train__epoch=3,
+                                   snn__spike_adder_weights="unit_interval"))
     assert "convnet.eta: unknown key" in message
     assert "snn.spike_adder_weights: unknown key" in message
     assert "train.epoch: unknown key" in message

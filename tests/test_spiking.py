@@ -152,7 +152,7 @@ def test_spike_adder_normal_weights_stay_free():
         SpikeAdder2d(3, 6, 3, weights="zeros")
 
 
-def test_spike_adder_weight_outside_unit_interval_is_constant():
+def test_spike_adder_outside_weights_only_shift():
     """On spikes, pushing weights beyond [0, 1] leaves the batch-normalized output unchanged."""
     torch.manual_seed(0)
     layer = SpikeAdder2d(4, 5, 3, padding=1, weights="unit_interval")

@@ -70,7 +70,7 @@ def test_resumed_training_equals_uninterrupted(tiny_data):
         assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
-def test_spike_adder_weights_stay_in_unit_interval(tiny_data):
+def test_spike_adder_weights_stay_bounded(tiny_data):
     recipe = VariantConfig(optimizer="adam", lr=0.05, readout="membrane",
                            spike_adder_weights="unit_interval")
     run = RunConfig("snn_adder", 2, 0, recipe, TrainConfig(epochs=1, batch_size=64, eval_batch_size=256),

@@ -179,7 +179,7 @@ class SNNAdder(SpikingNet):
     Block 1 is an `Adder2d` on the real-valued image. Block 2's input is the spike train
     of lif1, so it is binary, and block 2 is a `SpikeAdder2d`: the same layer computed as
     a convolution, with its own (64, 32, 3, 3) weight, rescaled (`eta`) as `Adder2d` and
-    initialised and bounded as `spike_adder_weights` says.
+    initialised and bounded by `spike_adder_weights`.
 
     AdderNet's adaptive scaling (`eta`) sets the norm of a layer's weight gradient per
     training step. Each adder layer here runs once per forward pass over all T steps, so
