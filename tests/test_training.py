@@ -130,6 +130,27 @@ def test_git_dirty_ignores_params_file(tmp_path):
     assert git_dirty(tmp_path / "sub") is True
 
 
+@pytest.mark.parametrize("variant", ["convnet", "addernet", "snn", "snn_adder"])
+def test_logged_model_takes_any_batch_size(variant, tmp_path, tracker_root):
+    """MLflow exports the model from a two-image example; the export must keep the batch free."""
+    import mlflow
+
+    from altnn.config import ModelConfig
+    from altnn.experiment import LogitsOnly
+    from altnn.models import build_model
+
+    steps = 2 if variant.startswith("snn") else None
+    model = LogitsOnly(build_model(ModelConfig(variant=variant, steps=steps, readout="membrane"))).eval()
+    tracker = Tracker("test-study", root=tracker_root)
+    tracker.start(variant, {}, {})
+    tracker.log_model(model, torch.randn(2, 1, 28, 28).numpy())
+    mlflow.set_tracking_uri(tracker.uri)
+    loaded = mlflow.pytorch.load_model(f"runs:/{tracker.run_id}/model", dst_path=str(tmp_path / "load"))
+    images = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images), rtol=1e-4, atol=1e-4)
+
+
 def test_diverged_run_marked_failed(tiny_data, tmp_path, tracker_root, monkeypatch):
     calls = {"count": 0}
     real_cross_entropy = torch.nn.functional.cross_entropy

@@ -262,7 +262,9 @@ def _batch_chunks(x: Tensor, kernel_size: int, length: int) -> list[tuple[int, i
     n = x.shape[0]
     # A sample larger than the budget still gets a chunk of its own.
     samples_per_chunk = max(1, _CHUNK_ELEMENTS // per_sample)
-    count = math.ceil(n / samples_per_chunk)
+    # Integer ceiling division: torch.export can serialize // on a symbolic batch size,
+    # but not math.ceil.
+    count = -(-n // samples_per_chunk)
     # Even sizes, each at most samples_per_chunk, so the last chunk is not a
     # lone sample that would need its own size-1 compiled graph.
     bounds = [i * n // count for i in range(count + 1)]
